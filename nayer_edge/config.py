@@ -1,0 +1,111 @@
+"""Typed, strict configuration of a distillation run. Recipes (YAML) are merged onto the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .strict import from_dict, load_yaml, to_dict
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every knob of a NAYER run. Defaults are the paper's CIFAR-10 settings (see REFERENCE.md),
+    except ``kd_during_warmup`` (the reference trains nothing for its first 20 epochs)."""
+
+    student: str = "resnet18"
+    generator: Literal["nayer", "noise"] = "nayer"
+    embedding: Literal["text", "onehot"] = "text"
+    text_encoder: str = "all-MiniLM-L6-v2"
+    prompt_template: str = "a photo of a {}"
+    allow_download: bool = False
+    embedding_norm: bool = True
+
+    epochs: int = 100
+    warmup_epochs: int = 20
+    rounds_per_epoch: int = 2
+    warmup_rounds: int = 10
+    g_steps: int = 30
+    g_life: int = 10
+    lr_g: float = 4e-3
+    synthesis_batch: int = 400
+    noisy_dim: int = 1000
+    noise_dim: int = 256
+    ngf: int = 64
+
+    bn_weight: float = 10.0
+    oh_weight: float = 0.5
+    adv_weight: float = 1.33
+    bn_momentum: float = 0.9
+
+    kd_batch: int = 512
+    kd_steps: int = 400
+    kd_during_warmup: bool = True
+    lr: float = 0.2
+    lr_min: float = 2e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    temperature: float = 20.0
+
+    augment_pad: int = -1
+    augment_flip: bool = True
+
+    memory_capacity: int = 50_000
+    memory_backing: Literal["ram", "mmap"] = "ram"
+    holdout_fraction: float = 0.1
+
+    time_budget: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        from .errors import UserError
+
+        positive = ("epochs", "rounds_per_epoch", "g_steps", "g_life", "synthesis_batch", "noisy_dim",
+                    "kd_batch", "memory_capacity", "ngf")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "warmup_rounds", "kd_steps", "bn_weight", "oh_weight", "adv_weight",
+                     "threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.bn_momentum < 1:
+            raise UserError(f"config: bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise UserError(f"config: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.temperature <= 0 or self.lr <= 0 or self.lr_g <= 0:
+            raise UserError("config: temperature, lr and lr_g must be positive")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UserError(f"config: time_budget must be positive seconds, got {self.time_budget}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """Defaults ← recipe (a name from ``recipes/`` or a YAML path) ← overrides; unknown keys are errors."""
+    from .errors import UserError
+    from .strict import closest_name
+
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.suffix:
+            path = RECIPES_DIR / f"{recipe}.yaml"
+            if not path.is_file():
+                raise UserError(f"unknown recipe '{recipe}'{closest_name(str(recipe), list_recipes())}; "
+                                f"available: {', '.join(list_recipes())}")
+        data.update(load_yaml(path))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(DistillConfig, data, where=f"recipe {recipe}" if recipe else "config")

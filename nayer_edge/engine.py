@@ -1,0 +1,280 @@
+"""The NAYER distillation loop, written to read like the method.
+
+Each epoch: synthesis rounds (noisy layer re-drawn, fresh Adam, g_steps on the generator, the
+lowest-loss batch kept in the sample memory), then KD steps of the student on the memory. The
+generator is rebuilt every ``g_life`` epochs. Unlike the reference, the student also learns during
+warm-up (``kd_during_warmup``), and model selection never looks at labelled evaluation data.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .augment import random_crop_flip
+from .bn_probe import BNProbe, bn_statistics_loss
+from .config import DistillConfig
+from .evaluate import accuracy, agreement
+from .generator import NayerGenerator, NoiseGenerator, round_targets
+from .losses import adversarial_loss, kd_divergence
+from .memory import SampleMemory
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError("--device cuda asked for, but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    wall_seconds: float
+    losses: dict[str, float]
+    agreement: float | None = None
+    student_accuracy: float | None = None
+    lr: float = 0.0
+    memory_size: int = 0
+
+    def as_row(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "wall_seconds": round(self.wall_seconds, 3), **self.losses,
+                "agreement": self.agreement, "student_accuracy": self.student_accuracy, "lr": self.lr,
+                "memory_size": self.memory_size}
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    kd_step: int = 0
+    elapsed: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str | None = None
+
+
+class Distiller:
+    """Holds the teacher, student, generator and sample memory of one run.
+
+    ``teacher`` and ``student`` both take images in [0, 1] (wrap them with
+    :class:`~nayer_edge.normalize.NormalizedModel`). ``label_embeddings`` is K×D (text or one-hot);
+    it is unused by the noise-input generator.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, label_embeddings: torch.Tensor | None,
+                 config: DistillConfig, input_shape: tuple[int, int, int], num_classes: int,
+                 device: torch.device, memory_path: Path | None = None):
+        self.cfg = config
+        self.device = device
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.teacher = teacher.to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.probe = BNProbe(self.teacher)
+        self.student = student.to(device)
+        self.label_embeddings = label_embeddings
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.pad = config.augment_pad if config.augment_pad >= 0 else max(1, self.input_shape[1] // 8)
+        self.memory = SampleMemory(config.memory_capacity, self.input_shape,
+                                   memory_path if config.memory_backing == "mmap" else None)
+        holdout_capacity = max(self.num_classes, int(config.memory_capacity * config.holdout_fraction))
+        self.holdout = SampleMemory(holdout_capacity, self.input_shape)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        kd_epochs = config.epochs if config.kd_during_warmup else max(0, config.epochs - config.warmup_epochs)
+        self.total_kd_steps = max(1, kd_epochs * config.kd_steps)
+        self.generator: nn.Module | None = None
+        self.bn_state: dict[str, Any] | None = None
+        self.state = RunState()
+
+    # -- synthesis ---------------------------------------------------------------------------
+    def build_generator(self) -> nn.Module:
+        cfg = self.cfg
+        if cfg.generator == "nayer":
+            assert self.label_embeddings is not None
+            gen: nn.Module = NayerGenerator(self.label_embeddings, self.input_shape, cfg.synthesis_batch,
+                                            cfg.noisy_dim, cfg.ngf)
+            if not cfg.embedding_norm:
+                gen.embedding_norm = nn.Identity()
+        else:
+            gen = NoiseGenerator(self.input_shape, cfg.synthesis_batch, cfg.noise_dim, cfg.ngf)
+        return gen.to(self.device).train()
+
+    def synthesize(self, adversarial: bool) -> dict[str, float]:
+        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory."""
+        cfg = self.cfg
+        assert self.generator is not None
+        self.generator.new_round()
+        optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+        targets = round_targets(self.num_classes, cfg.synthesis_batch, self.device)
+        self.student.eval()
+        best_loss, best_images, best_parts = math.inf, None, {}
+        new_bn_state = self.bn_state
+        for _ in range(cfg.g_steps):
+            images = self.generator(targets)
+            augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.rng)
+            teacher_logits, stats = self.probe(augmented)
+            loss_bn, new_bn_state = bn_statistics_loss(stats, self.bn_state, cfg.bn_momentum)
+            loss_oh = F.cross_entropy(teacher_logits, targets)
+            loss_adv = torch.zeros((), device=self.device)
+            if adversarial:
+                loss_adv = adversarial_loss(self.student(augmented), teacher_logits)
+            loss = cfg.bn_weight * loss_bn + cfg.oh_weight * loss_oh + cfg.adv_weight * loss_adv
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                continue
+            if loss_value < best_loss:
+                best_loss, best_images = loss_value, images.detach().clone()
+                best_parts = {"loss_bn": loss_bn.item(), "loss_oh": loss_oh.item(), "loss_adv": loss_adv.item()}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        self.bn_state = new_bn_state
+        if best_images is not None:
+            self._store(best_images, targets)
+        return {"loss_g": best_loss, **best_parts}
+
+    def _store(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Most of each batch trains the student; a fixed share is held out to measure agreement."""
+        n_holdout = int(round(len(images) * self.cfg.holdout_fraction))
+        perm = torch.randperm(len(images), generator=self.rng)
+        held, kept = perm[:n_holdout], perm[n_holdout:]
+        if n_holdout:
+            self.holdout.add(images[held], targets[held])
+        self.memory.add(images[kept], targets[kept])
+
+    # -- knowledge distillation ------------------------------------------------------------------
+    def learning_rate(self) -> float:
+        cfg = self.cfg
+        progress = self.state.kd_step / self.total_kd_steps
+        if cfg.time_budget:
+            progress = max(progress, self.state.elapsed / cfg.time_budget)
+        progress = min(1.0, progress)
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def kd_step(self) -> float:
+        cfg = self.cfg
+        images, _ = self.memory.sample(cfg.kd_batch, self.rng)
+        images = random_crop_flip(images.to(self.device), self.pad, cfg.augment_flip, self.rng)
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        self.student.train()
+        loss = kd_divergence(self.student(images), teacher_logits, cfg.temperature)
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            self.optimizer.step()
+        self.state.kd_step += 1
+        return loss.item()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+            on_epoch: Callable[[EpochReport], None] | None = None,
+            on_step: Callable[[str, int, int], None] | None = None,
+            checkpoint: Callable[["Distiller"], None] | None = None) -> RunState:
+        """Run (or continue) the schedule; stops early, consistently, when the time budget is spent."""
+        cfg = self.cfg
+        state = self.state
+        started = time.perf_counter() - state.elapsed
+
+        def tick() -> bool:
+            state.elapsed = time.perf_counter() - started
+            return cfg.time_budget is not None and state.elapsed >= cfg.time_budget
+
+        while state.epoch < cfg.epochs and not state.stopped_by:
+            epoch = state.epoch
+            if self.generator is None or epoch % cfg.g_life == 0:
+                self.generator = self.build_generator()
+            warm = epoch < cfg.warmup_epochs
+            rounds = cfg.warmup_rounds if warm else cfg.rounds_per_epoch
+            train_now = cfg.kd_during_warmup or not warm
+            losses: dict[str, list[float]] = {}
+            for r in range(rounds):
+                if tick():
+                    state.stopped_by = "time_budget"
+                    break
+                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm).items():
+                    losses.setdefault(k, []).append(v)
+                if on_step:
+                    on_step("synthesis", r + 1, rounds)
+            if train_now and len(self.memory) and not state.stopped_by:
+                for s in range(cfg.kd_steps):
+                    if s % 10 == 0 and tick():
+                        state.stopped_by = "time_budget"
+                        break
+                    losses.setdefault("loss_kd", []).append(self.kd_step())
+                    if on_step and (s + 1) % 10 == 0:
+                        on_step("kd", s + 1, cfg.kd_steps)
+            if state.stopped_by and not losses:
+                break
+            state.epoch += 1
+            tick()
+            report = EpochReport(
+                epoch=state.epoch, wall_seconds=state.elapsed,
+                losses={k: float(np.mean(v)) for k, v in losses.items()},
+                agreement=self.holdout_agreement(), lr=self.learning_rate(), memory_size=len(self.memory))
+            if eval_data is not None:
+                # Reported, never used to choose a model.
+                report.student_accuracy = accuracy(self.student, *eval_data, device=self.device)
+            state.history.append(report.as_row())
+            if checkpoint:
+                checkpoint(self)
+            if on_epoch:
+                on_epoch(report)
+            started = time.perf_counter() - state.elapsed  # evaluation/checkpoint time is not charged twice
+        self.student.eval()
+        return state
+
+    def holdout_agreement(self) -> float | None:
+        if len(self.holdout) == 0:
+            return None
+        images, _ = self.holdout.all()
+        return agreement(self.student, self.teacher, images, device=self.device)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.state_dict() if self.generator is not None else None,
+            "bn_state": self.bn_state,
+            "run": {"epoch": self.state.epoch, "kd_step": self.state.kd_step, "elapsed": self.state.elapsed,
+                    "stopped_by": self.state.stopped_by},
+            "history": self.state.history,
+            "memory": self.memory.state_dict(),
+            "rng": {"engine": self.rng.get_state(), "torch": torch.get_rng_state(),
+                    "numpy": _numpy_state(), "python": list(random.getstate()[1])},
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any], memory: SampleMemory, holdout: SampleMemory) -> None:
+        self.student.load_state_dict(checkpoint["student"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["generator"] is not None:
+            self.generator = self.build_generator()
+            self.generator.load_state_dict(checkpoint["generator"])
+        self.bn_state = checkpoint["bn_state"]
+        run = checkpoint["run"]
+        self.state = RunState(epoch=run["epoch"], kd_step=run["kd_step"], elapsed=run["elapsed"],
+                              history=list(checkpoint["history"]), stopped_by=None)
+        self.memory, self.holdout = memory, holdout
+        self.rng.set_state(checkpoint["rng"]["engine"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+
+
+def _numpy_state() -> list[int]:
+    return np.random.get_state()[1].tolist()

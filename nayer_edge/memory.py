@@ -1,0 +1,117 @@
+"""Bounded memory of synthetic samples: a uint8 ring buffer in RAM or in a memory-mapped file.
+
+The reference implementation writes every synthetic batch as PNGs to an ever-growing folder; here the
+memory holds at most ``capacity`` samples (the oldest are overwritten) and is saved with the run so later
+stages (quantization-aware fine-tuning) train on the same samples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class SampleMemory:
+    """Ring buffer of images (stored as uint8, like the reference's PNGs) with their target labels."""
+
+    def __init__(self, capacity: int, image_shape: tuple[int, int, int], mmap_path: str | Path | None = None):
+        if capacity <= 0:
+            raise ValueError("memory capacity must be positive")
+        self.capacity = capacity
+        self.image_shape = tuple(image_shape)
+        self.mmap_path = Path(mmap_path) if mmap_path is not None else None
+        shape = (capacity, *self.image_shape)
+        if self.mmap_path is None:
+            self._images = np.zeros(shape, dtype=np.uint8)
+        else:
+            self.mmap_path.parent.mkdir(parents=True, exist_ok=True)
+            self._images = np.lib.format.open_memmap(self.mmap_path, mode="w+", dtype=np.uint8, shape=shape)
+        self._labels = np.zeros(capacity, dtype=np.int64)
+        self.size = 0
+        self.next_index = 0
+        self.total_added = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return self._images.nbytes + self._labels.nbytes
+
+    def add(self, images01: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store a batch of images in [0, 1] (N×C×H×W) with their labels, overwriting the oldest."""
+        images = (images01.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        labels_np = labels.detach().cpu().numpy().astype(np.int64)
+        n = images.shape[0]
+        if n > self.capacity:
+            images, labels_np, n = images[-self.capacity:], labels_np[-self.capacity:], self.capacity
+        first = min(n, self.capacity - self.next_index)
+        self._images[self.next_index:self.next_index + first] = images[:first]
+        self._labels[self.next_index:self.next_index + first] = labels_np[:first]
+        if first < n:
+            self._images[: n - first] = images[first:]
+            self._labels[: n - first] = labels_np[first:]
+        self.next_index = (self.next_index + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+        self.total_added += n
+
+    def get(self, indices: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices)
+        images = torch.from_numpy(np.ascontiguousarray(self._images[idx])).float().div_(255)
+        return images, torch.from_numpy(self._labels[idx].copy())
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch (with replacement across calls, without within one batch when possible)."""
+        if self.size == 0:
+            raise RuntimeError("the sample memory is empty")
+        if batch_size >= self.size:
+            indices = torch.randperm(self.size, generator=generator)
+        else:
+            indices = torch.randint(0, self.size, (batch_size,), generator=generator)
+        return self.get(indices.numpy())
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get(np.arange(self.size))
+
+    def state_dict(self) -> dict:
+        return {
+            "capacity": self.capacity, "image_shape": list(self.image_shape), "size": self.size,
+            "next_index": self.next_index, "total_added": self.total_added,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the filled part as an .npz (images uint8 N×C×H×W, labels), atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, images=self._ordered(self._images), labels=self._ordered(self._labels),
+                     capacity=np.int64(self.capacity), total_added=np.int64(self.total_added))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _ordered(self, array: np.ndarray) -> np.ndarray:
+        """Oldest first, so that reloading and adding continues the ring in the same order."""
+        if self.size < self.capacity:
+            return np.asarray(array[: self.size])
+        return np.concatenate([array[self.next_index:], array[: self.next_index]])
+
+    @classmethod
+    def load(cls, path: str | Path, capacity: int | None = None, mmap_path: str | Path | None = None
+             ) -> "SampleMemory":
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+            saved_capacity = int(data["capacity"])
+            total_added = int(data["total_added"])
+        memory = cls(capacity or saved_capacity, tuple(images.shape[1:]), mmap_path)
+        keep = min(len(images), memory.capacity)
+        memory._images[:keep] = images[len(images) - keep:]
+        memory._labels[:keep] = labels[len(labels) - keep:]
+        memory.size = keep
+        memory.next_index = keep % memory.capacity
+        memory.total_added = total_added
+        return memory
