@@ -227,11 +227,12 @@ def test_repeated_calls_do_not_accumulate(compiled, x):
         model = compiled[which]
         probe = BNProbe(model)
         alive = []
-        for _ in range(50):
+        for i in range(50):
             xi = x.clone().requires_grad_(True)
             out, stats = probe(xi)
             loss, _ = bn_statistics_loss(stats, None)
-            torch.autograd.grad(loss + out.sum(), xi)
+            if i % 10 == 0:
+                torch.autograd.grad(loss + out.sum(), xi)
             assert len(stats) == 6
             assert probe._recorder.parts == {} and probe._recorder.running == {}
             alive.append(weakref.ref(stats[0].batch_mean))

@@ -1,0 +1,201 @@
+"""The ``nayer-edge`` command line: a thin shell over the library functions of the same names."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Data-free distillation (NAYER) and edge deployment of image classifiers.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class GeneratorKind(str, Enum):
+    nayer = "nayer"
+    noise = "noise"
+
+
+class EmbeddingKind(str, Enum):
+    text = "text"
+    onehot = "onehot"
+
+
+TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Zoo architecture of a state-dict teacher.")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names: a file (one per line) or a comma-separated list.")]
+ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W the teacher takes [default: metadata, else 3,32,32].")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean the teacher normalises with [default 0].")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std the teacher normalises with [default 1].")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def _teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle) -> dict[str, Any]:
+    from .teacher import parse_classes, parse_floats, parse_shape
+
+    return {
+        "arch": arch,
+        "classes": parse_classes(classes) if classes else None,
+        "input_shape": parse_shape(input_shape) if input_shape else None,
+        "mean": parse_floats(mean) if mean else None,
+        "std": parse_floats(std) if std else None,
+        "trust_pickle": trust_pickle,
+    }
+
+
+def _summary(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("params", justify="right")
+    table.add_column("top-1 (held-out real data)", justify="right")
+    fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    table.add_row("teacher", f"{metrics['teacher_params']:,}", fmt(metrics["teacher_accuracy"]))
+    table.add_row(f"student ({metrics['student']})", f"{metrics['student_params']:,}", fmt(metrics["student_accuracy"]))
+    console.print(table)
+    if metrics["teacher_accuracy"] and metrics["student_accuracy"] is not None:
+        console.print(f"student reaches {metrics['student_accuracy'] / metrics['teacher_accuracy']:.1%} of the "
+                      f"teacher's accuracy with {metrics['compression']}× fewer parameters")
+    agreement = metrics["agreement"]
+    console.print(f"teacher–student agreement on held-out synthetic samples: {fmt(agreement)}; "
+                  f"{metrics['epochs']} epochs in {metrics['distill_seconds']:.0f} s ({metrics['stopped_by']})")
+    for note in metrics.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"artefacts in {Path(metrics['artifacts']['metrics.json']).parent if 'metrics.json' in metrics['artifacts'] else Path(metrics['artifacts']['student.ts']).parent}")
+
+
+@app.command()
+def distill(
+    teacher: TeacherArg,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/distill"),
+    student: Annotated[Optional[str], typer.Option("--student", help="Zoo name or package.module:factory.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name from recipes/ or a YAML file.")] = None,
+    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help=".npz (x, y) or image folder root/<class>/*.png; reported, never used for selection.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole run, warm-up included.")] = None,
+    generator: Annotated[Optional[GeneratorKind], typer.Option("--generator", help="nayer (label-text embeddings) or noise (z ~ N(0, I) baseline).")] = None,
+    embedding: Annotated[Optional[EmbeddingKind], typer.Option("--embedding", help="text (LTE) or onehot (ablation).")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")] = None,
+    prompt_template: Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt with {} for the class name.")] = None,
+    allow_download: Annotated[bool, typer.Option("--allow-download", help="Let the text encoder be fetched from a hub.")] = False,
+    synthesis_batch: Annotated[Optional[int], typer.Option("--synthesis-batch")] = None,
+    kd_batch: Annotated[Optional[int], typer.Option("--kd-batch")] = None,
+    kd_steps: Annotated[Optional[int], typer.Option("--kd-steps", help="Student steps per epoch.")] = None,
+    g_steps: Annotated[Optional[int], typer.Option("--g-steps", help="Generator steps per synthesis round.")] = None,
+    memory_capacity: Annotated[Optional[int], typer.Option("--memory-capacity", help="Most synthetic samples kept.")] = None,
+    device: Annotated[Device, typer.Option("--device")] = Device.auto,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil TEACHER into a small student without any training data (NAYER)."""
+    from .config import load_config
+    from .distill import distill as run_distill
+
+    overrides = {"student": student, "epochs": epochs, "time_budget": time_budget,
+                 "generator": generator.value if generator else None,
+                 "embedding": embedding.value if embedding else None, "text_encoder": text_encoder,
+                 "prompt_template": prompt_template, "allow_download": allow_download or None,
+                 "synthesis_batch": synthesis_batch, "kd_batch": kd_batch, "kd_steps": kd_steps, "g_steps": g_steps,
+                 "memory_capacity": memory_capacity, "device": device.value, "seed": seed}
+    config = load_config(recipe, overrides)
+    metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
+                          show_progress=not as_json or sys.stderr.isatty(),
+                          **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+    _print_result(metrics, as_json, "distillation")
+
+
+def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    else:
+        _summary(metrics, title)
+
+
+@app.command()
+def inspect(
+    teacher: TeacherArg, arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, as_json: JsonOpt = False,
+) -> None:
+    """Show a teacher's format, size, number of classes and BatchNorm layers."""
+    from .teacher import inspect_teacher, load_teacher
+
+    info = inspect_teacher(load_teacher(teacher, **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle)))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for key in ("path", "format", "sha256", "params", "num_classes", "input_shape", "mean", "std"):
+        value = info[key]
+        console.print(f"[bold]{key}[/]: {f'{value:,}' if key == 'params' else value}")
+    classes_list = info.get("classes") or []
+    console.print(f"[bold]classes[/]: {', '.join(map(str, classes_list[:20]))}{' …' if len(classes_list) > 20 else ''}")
+    layers = info["batchnorm_layers"]
+    console.print(f"[bold]batchnorm layers[/]: {len(layers)}")
+    for layer in layers:
+        console.print(f"  {layer['name']}  {layer['type']}({layer['num_features']})")
+    if not layers:
+        console.print("[yellow]no BatchNorm: distillation runs without the BN-statistics loss[/]")
+    for note in info.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of distillation.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job on a built-in teacher: handwritten digits, distilled without their images."""
+    from .config import load_config
+    from .demo import demo as run_demo
+
+    config = load_config("demo-digits", {"time_budget": time_budget, "seed": seed})
+    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty())
+    _print_result(metrics, as_json, "demo: digits teacher → student, no training data")
+
+
+@app.command()
+def models() -> None:
+    """List the student architectures in the zoo."""
+    from .zoo import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes."""
+    from .config import list_recipes
+
+    for name in list_recipes():
+        console.print(name)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the last finished epoch is checkpointed; continue with --resume")
+        sys.exit(130)

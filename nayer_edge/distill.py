@@ -1,0 +1,228 @@
+"""``distill``: from a teacher file alone to a trained student and its artefacts (the library entry point
+behind ``nayer-edge distill``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import replace as dc_replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_torch_save, atomic_write_text
+from .config import DistillConfig
+from .errors import UserError
+
+CHECKPOINT = "checkpoint.pt"
+MEMORY = "samples.npz"
+HOLDOUT = "holdout.npz"
+# Keys that may change between an interrupted run and its --resume.
+RESUMABLE_CHANGES = {"epochs", "time_budget", "device", "threads"}
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Fail early, before any work, if the output folder cannot be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output folder {out_dir} is a file; pass --out with a folder path")
+    parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out_dir} is not writable; pass --out with a folder you can write to")
+
+
+def label_embeddings(config: DistillConfig, class_names: list[str], cache_dir: Path | None) -> torch.Tensor | None:
+    from .embeddings import encode_class_names, onehot_embeddings
+
+    if config.generator == "noise":
+        return None
+    if config.embedding == "onehot":
+        return onehot_embeddings(len(class_names))
+    return encode_class_names(class_names, encoder=config.text_encoder, template=config.prompt_template,
+                              allow_download=config.allow_download, cache_dir=cache_dir)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_student(student: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int, spec: str) -> None:
+    try:
+        with torch.no_grad():
+            out = student.eval()(torch.zeros(2, *input_shape))
+    except Exception as err:  # noqa: BLE001 - any failure of the user's model is reported as one line
+        raise UserError(f"student '{spec}' rejects input shape {','.join(map(str, input_shape))}: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"student '{spec}' must return N×{num_classes} logits, got {shape}")
+    student.train()
+
+
+def _load_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | None:
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); remove it or run without --resume") from None
+    saved = checkpoint.get("config", {})
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        raise UserError(f"--resume: the run in {path.parent} used different settings ({', '.join(changed)}); "
+                        "use the same options or another --out")
+    return checkpoint
+
+
+def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig | None = None,
+            arch: str | None = None, classes: list[str] | None = None,
+            input_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
+            std: tuple[float, ...] | None = None, trust_pickle: bool = False,
+            eval_data: str | Path | None = None, resume: bool = False, show_progress: bool = True,
+            cache_dir: Path | None = None) -> dict[str, Any]:
+    """Distil ``teacher`` into ``config.student`` without training data; returns the metrics.
+
+    Everything is validated before the output folder is touched. Example::
+
+        metrics = distill("teacher.pt", out_dir="runs/x", config=load_config("demo-digits"),
+                          eval_data="heldout.npz")
+        print(metrics["teacher_accuracy"], metrics["student_accuracy"])
+    """
+    from .engine import Distiller, resolve_device
+    from .evaldata import load_eval_data
+    from .evaluate import accuracy
+    from .memory import SampleMemory
+    from .normalize import NormalizedModel
+    from .teacher import load_teacher
+    from .zoo import build_student, describe_student
+
+    config = config or DistillConfig()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+
+    # 1. Validate every input before writing anything.
+    prepare_output_dir(out_dir)
+    device = resolve_device(config.device)
+    loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
+                          trust_pickle=trust_pickle)
+    spec = loaded.spec
+    class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
+    channels, height, width = spec.input_shape
+    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
+    _check_student(student, spec.input_shape, loaded.num_classes, config.student)
+    eval_set = load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names) if eval_data else None
+    if eval_set is not None and int(eval_set[1].max()) >= loaded.num_classes:
+        raise UserError(f"{eval_data}: labels go up to {int(eval_set[1].max())} but the teacher has "
+                        f"{loaded.num_classes} classes")
+    embeddings = label_embeddings(config, class_names, cache_dir)
+    checkpoint = _load_checkpoint(out_dir, config) if resume else None
+
+    # 2. Build the run.
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    teacher_module = NormalizedModel(loaded.model, spec.mean, spec.std)
+    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
+    student_module = NormalizedModel(student, spec.mean, spec.std)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    distiller = Distiller(teacher_module, student_module, embeddings, config, spec.input_shape,
+                          loaded.num_classes, device, memory_path=out_dir / "samples.mmap.npy")
+    notes = list(loaded.notes)
+    if distiller.probe.num_layers == 0:
+        message = ("teacher has no BatchNorm layers: running without the BN-statistics loss "
+                   "(samples rely on the class and adversarial terms)")
+        warnings.warn(message, stacklevel=2)
+        notes.append(message)
+    if checkpoint is not None:
+        memory = SampleMemory.load(out_dir / MEMORY, config.memory_capacity)
+        holdout = SampleMemory.load(out_dir / HOLDOUT)
+        distiller.load_state_dict(checkpoint, memory, holdout)
+    elif not resume:
+        for stale in (CHECKPOINT, MEMORY, HOLDOUT):
+            (out_dir / stale).unlink(missing_ok=True)
+
+    teacher_accuracy = accuracy(teacher_module, *eval_set, device=device) if eval_set is not None else None
+    resolved = {"config": config.to_dict(), "teacher": {"path": str(loaded.path), "format": loaded.format,
+                "sha256": loaded.sha256, "input_shape": list(spec.input_shape), "mean": list(spec.mean),
+                "std": list(spec.std), "classes": class_names, "arch": arch},
+                "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__}}
+
+    def save_checkpoint(d: Distiller) -> None:
+        d.memory.save(out_dir / MEMORY)
+        d.holdout.save(out_dir / HOLDOUT)
+        atomic_torch_save(out_dir / CHECKPOINT, {**d.state_dict(), "config": config.to_dict()})
+
+    # 3. Run.
+    if show_progress:
+        from .progress import RichProgress
+
+        with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
+            state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step, checkpoint=save_checkpoint)
+    else:
+        state = distiller.run(eval_set, checkpoint=save_checkpoint)
+
+    # 4. Artefacts.
+    from .plots import save_sample_grid, save_training_curves
+
+    student_params = sum(p.numel() for p in student.parameters())
+    metrics: dict[str, Any] = {
+        "teacher_accuracy": teacher_accuracy,
+        "student_accuracy": accuracy(student_module, *eval_set, device=device) if eval_set is not None else None,
+        "agreement": distiller.holdout_agreement(),
+        "epochs": state.epoch,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "distill_seconds": round(state.elapsed, 2),
+        "stopped_by": state.stopped_by or "epochs",
+        "student": config.student,
+        "student_params": student_params,
+        "teacher_params": loaded.param_count,
+        "compression": round(loaded.param_count / max(1, student_params), 2),
+        "teacher_bn_layers": distiller.probe.num_layers,
+        "synthetic_samples": distiller.memory.total_added,
+        "memory_samples": len(distiller.memory),
+        "memory_bytes": distiller.memory.nbytes,
+        "generator": config.generator,
+        "embedding": config.embedding if config.generator == "nayer" else None,
+        "eval_samples": int(len(eval_set[1])) if eval_set is not None else 0,
+        "notes": notes,
+        "history": state.history,
+    }
+    student.eval().to("cpu")
+    scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
+    buffer_path = out_dir / "student.ts"
+    _atomic_jit_save(scripted, buffer_path)
+    atomic_torch_save(out_dir / "student.pt", student.state_dict())
+    atomic_write_text(out_dir / "student.json", json.dumps({
+        "architecture": describe_student(config.student, loaded.num_classes, channels, height),
+        "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
+        "classes": class_names, "input": "normalised: (x - mean) / std of images in [0, 1]",
+    }, indent=2))
+    atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2))
+    images, labels = distiller.memory.all()
+    save_sample_grid(images[-min(len(images), 20 * 8 * len(class_names)):], labels[-min(len(labels), 20 * 8 * len(class_names)):],
+                     class_names, out_dir / "samples.png")
+    save_training_curves(state.history, out_dir / "curves.png")
+    metrics["artifacts"] = {name: str(out_dir / name) for name in
+                            ("student.ts", "student.pt", "student.json", "config.json", "samples.png", "curves.png",
+                             MEMORY, CHECKPOINT)}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    (out_dir / "samples.mmap.npy").unlink(missing_ok=True)
+    return metrics
+
+
+def _atomic_jit_save(module: torch.jit.ScriptModule, path: Path) -> None:
+    import io
+
+    from .atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
