@@ -160,6 +160,7 @@ def inspect(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of distillation.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -167,7 +168,7 @@ def demo(
     from .config import load_config
     from .demo import demo as run_demo
 
-    config = load_config("demo-digits", {"time_budget": time_budget, "seed": seed})
+    config = load_config("demo-digits", {"time_budget": time_budget, "epochs": epochs, "seed": seed})
     metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty())
     _print_result(metrics, as_json, "demo: digits teacher → student, no training data")
 
