@@ -13,6 +13,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -21,6 +22,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

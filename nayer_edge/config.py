@@ -76,6 +76,14 @@ class DistillConfig:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.bn_momentum < 1:
             raise UserError(f"config: bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"config: momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise UserError(f"config: weight_decay must not be negative, got {self.weight_decay}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise UserError(f"config: lr_min must be in [0, lr], got {self.lr_min}")
+        if self.augment_pad < -1:
+            raise UserError(f"config: augment_pad must be -1 (auto: H/8) or a pixel count, got {self.augment_pad}")
         if not 0 <= self.holdout_fraction < 1:
             raise UserError(f"config: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.lr <= 0 or self.lr_g <= 0:

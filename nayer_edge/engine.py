@@ -251,7 +251,9 @@ class Distiller:
         return {
             "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.state_dict() if self.generator is not None else None,
+            # The noisy layers are re-drawn at the start of every round: saving them would only bloat the file.
+            "generator": ({k: v for k, v in self.generator.state_dict().items() if not k.startswith("noisy.")}
+                          if self.generator is not None else None),
             "bn_state": self.bn_state,
             "run": {"epoch": self.state.epoch, "kd_step": self.state.kd_step, "elapsed": self.state.elapsed,
                     "stopped_by": self.state.stopped_by},
@@ -266,7 +268,9 @@ class Distiller:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint["generator"] is not None:
             self.generator = self.build_generator()
-            self.generator.load_state_dict(checkpoint["generator"])
+            missing, unexpected = self.generator.load_state_dict(checkpoint["generator"], strict=False)
+            if unexpected or any(not k.startswith("noisy.") for k in missing):
+                raise RuntimeError(f"checkpoint generator does not match: missing {missing}, unexpected {unexpected}")
         self.bn_state = checkpoint["bn_state"]
         run = checkpoint["run"]
         self.state = RunState(epoch=run["epoch"], kd_step=run["kd_step"], elapsed=run["elapsed"],

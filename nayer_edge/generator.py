@@ -103,6 +103,8 @@ class NoiseGenerator(nn.Module):
         self.z.normal_()
 
     def forward(self, targets: torch.Tensor) -> torch.Tensor:
+        if targets.shape[0] > self.z.shape[0]:
+            raise ValueError(f"batch of {targets.shape[0]} exceeds the generator's {self.z.shape[0]} codes")
         return self.decoder(self.z[: targets.shape[0]])
 
 

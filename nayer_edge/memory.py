@@ -45,7 +45,7 @@ class SampleMemory:
         """Store a batch of images in [0, 1] (N×C×H×W) with their labels, overwriting the oldest."""
         images = (images01.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         labels_np = labels.detach().cpu().numpy().astype(np.int64)
-        n = images.shape[0]
+        n = added = images.shape[0]
         if n > self.capacity:
             images, labels_np, n = images[-self.capacity:], labels_np[-self.capacity:], self.capacity
         first = min(n, self.capacity - self.next_index)
@@ -56,7 +56,7 @@ class SampleMemory:
             self._labels[: n - first] = labels_np[first:]
         self.next_index = (self.next_index + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
-        self.total_added += n
+        self.total_added += added
 
     def get(self, indices: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices)

@@ -66,6 +66,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads exponents without a dot ("4e-3") as strings.
+            try:
+                return float(value)
+            except ValueError:
+                raise UserError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)
