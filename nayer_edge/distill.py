@@ -192,6 +192,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         "generator": config.generator,
         "embedding": config.embedding if config.generator == "nayer" else None,
         "eval_samples": int(len(eval_set[1])) if eval_set is not None else 0,
+        "embedding_separation": _separation(embeddings),
         "notes": notes,
         "history": state.history,
     }
@@ -216,6 +217,15 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     (out_dir / "samples.mmap.npy").unlink(missing_ok=True)
     return metrics
+
+
+def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:
+    """Pairwise cosine of the class embeddings, raw and as BatchNorm1d sees them (standardised)."""
+    from .embeddings import class_separation
+
+    if embeddings is None or len(embeddings) < 2:
+        return None
+    return class_separation(embeddings)
 
 
 def _atomic_jit_save(module: torch.jit.ScriptModule, path: Path) -> None:

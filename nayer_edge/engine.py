@@ -117,7 +117,8 @@ class Distiller:
         cfg = self.cfg
         assert self.generator is not None
         self.generator.new_round()
-        optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+        # A fresh Adam every round, as in the paper; fused kernels where torch has them for this device.
+        optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999), fused=True)
         targets = round_targets(self.num_classes, cfg.synthesis_batch, self.device)
         self.student.eval()
         best_loss, best_images, best_parts = math.inf, None, {}

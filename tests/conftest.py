@@ -50,6 +50,7 @@ def train_and_save(model: torch.nn.Module, shape: tuple[int, int, int], folder: 
     rng = torch.Generator().manual_seed(0)
     x_train, y_train, x_test, y_test = digits_at(shape)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * ((len(x_train) + 63) // 64))
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x_train), generator=rng)
@@ -60,6 +61,7 @@ def train_and_save(model: torch.nn.Module, shape: tuple[int, int, int], folder: 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     model.eval()
     with torch.no_grad():
         acc = (model((x_test - mean) / std).argmax(1) == y_test).float().mean().item()
