@@ -1,0 +1,68 @@
+"""``export``: a distilled student (a ``nayer-edge distill`` output folder) to a checked FP32 ONNX model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def load_student(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The student of a run folder and its ``student.json``: rebuilt as an eager module from its
+    architecture spec and weights-only state dict (what ONNX export traces best); the TorchScript copy
+    is the fallback when the architecture cannot be rebuilt here (a user factory not importable)."""
+    from .zoo import build_student
+
+    run_dir = Path(run_dir)
+    spec_path, script_path, state_path = run_dir / "student.json", run_dir / "student.ts", run_dir / "student.pt"
+    if not spec_path.is_file() or not script_path.is_file():
+        raise UserError(f"{run_dir}: not a distill output folder (needs student.ts and student.json); "
+                        "run `nayer-edge distill` first")
+    try:
+        spec = json.loads(spec_path.read_text())
+        arch = spec["architecture"]
+        model = build_student(arch["spec"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                              input_size=arch["input_size"])
+        model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    except UserError:
+        model = None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{run_dir}: unreadable student ({type(err).__name__}: {err}); re-run distill") from None
+    if model is None:
+        try:
+            model = torch.jit.load(str(script_path), map_location="cpu")
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"{run_dir}: unreadable student.ts ({type(err).__name__}); re-run distill") from None
+    return model.eval(), spec
+
+
+def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fold_normalization: bool = True,
+           opset: int = 17, parity_samples: int = 64) -> dict[str, Any]:
+    """Export the student of ``run_dir`` to ONNX and check it against PyTorch in onnxruntime.
+
+    With ``fold_normalization`` the ONNX model takes images in [0, 1]. Raises
+    :class:`~nayer_edge.onnx_export.ParityError` when the ONNX model differs by more than 1e-4.
+
+        export("runs/demo", "runs/demo/student.onnx")
+    """
+    from .normalize import NormalizedModel
+    from .onnx_export import check_parity, export_onnx
+
+    model, spec = load_student(run_dir)
+    shape = tuple(spec["input_shape"])
+    path = export_onnx(model, out, input_shape=shape, mean=spec["mean"], std=spec["std"],
+                       fold_normalization=fold_normalization, batch=batch, opset=opset, classes=spec["classes"])
+    generator = torch.Generator().manual_seed(0)
+    images01 = torch.rand(parity_samples if batch is None else batch, *shape, generator=generator)
+    reference = NormalizedModel(model, spec["mean"], spec["std"]).eval()
+    if fold_normalization:
+        report = check_parity(path, reference, images01)
+    else:
+        report = check_parity(path, model, (images01 - reference.mean) / reference.std)
+    return {"onnx": str(path), "input": "images01" if fold_normalization else "normalised",
+            "input_shape": list(shape), "batch": batch, "opset": opset, "parity": report.to_dict(),
+            "bytes": Path(path).stat().st_size}

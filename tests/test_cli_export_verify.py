@@ -1,0 +1,56 @@
+"""`nayer-edge export` and `nayer-edge verify` as a user runs them, on a real distilled student."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from nayer_edge.config import load_config
+from nayer_edge.distill import distill
+
+
+@pytest.fixture(scope="module")
+def distilled(digits_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distilled") / "run"
+    config = load_config("demo-digits", {"student": "cnn_tiny", "epochs": 2, "warmup_epochs": 1, "g_steps": 5,
+                                         "synthesis_batch": 60, "kd_batch": 64, "kd_steps": 20, "time_budget": None})
+    metrics = distill(digits_teacher.path, out_dir=out, config=config, eval_data=digits_teacher.eval_path,
+                      show_progress=False)
+    return out, metrics
+
+
+def test_export_then_verify_passes(distilled, digits_teacher):
+    run_dir, metrics = distilled
+    exported = run_cli("export", str(run_dir), "--json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    result = json.loads(exported.stdout)
+    assert result["parity"]["max_abs_error"] <= 1e-4 and result["input"] == "images01"
+    onnx_path = run_dir / "student.onnx"
+    verified = run_cli("verify", str(onnx_path), "--eval-data", str(digits_teacher.eval_path), "--reference",
+                       str(run_dir), "--max-accuracy-drop", "0.5", "--max-latency-ms", "1000", "--json")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    report = json.loads(verified.stdout)
+    assert report["accuracy"] == pytest.approx(metrics["student_accuracy"], abs=1e-6)
+    assert report["passed"] and {g["name"] for g in report["gates"]} == {"accuracy_drop", "latency_p50_ms"}
+    assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
+
+
+@pytest.mark.parametrize("gate, args", [("latency_p50_ms", ["--max-latency-ms", "0.0001"]),
+                                        ("accuracy_drop", ["--max-accuracy-drop", "-1"])])
+def test_failing_gate_exits_1_naming_it(gate, args, distilled, digits_teacher):
+    run_dir, _ = distilled
+    if not (run_dir / "student.onnx").exists():
+        assert run_cli("export", str(run_dir)).returncode == 0
+    result = run_cli("verify", str(run_dir / "student.onnx"), "--eval-data", str(digits_teacher.eval_path),
+                     "--reference", str(run_dir), *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert gate in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_input_exit_2(tmp_path):
+    missing = run_cli("verify", str(tmp_path / "nope.onnx"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    not_a_run = run_cli("export", str(tmp_path))
+    assert not_a_run.returncode == 2 and "distill" in not_a_run.stderr
