@@ -247,6 +247,25 @@ def models() -> None:
 
 
 @app.command()
+def targets(as_json: JsonOpt = False) -> None:
+    """List the deployment targets (recipes/targets/*.yaml)."""
+    from .targets import describe_targets
+
+    rows = describe_targets()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="deployment targets")
+    for column in ("name", "aliases", "runtime", "precision", "quantization", "batch", "max_accuracy_drop", "max_latency_ms"):
+        table.add_column(column)
+    for row in rows:
+        aliases = row.get("aliases") or []
+        table.add_row(*(str(v) for v in (row["name"], ", ".join(aliases), row["runtime"], row["precision"],
+                                         row["quantization"], row["batch"], row["max_accuracy_drop"], row["max_latency_ms"])))
+    console.print(table)
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in recipes."""
     from .config import list_recipes

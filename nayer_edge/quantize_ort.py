@@ -1,28 +1,32 @@
 """INT8 post-training quantization for onnxruntime CPU: onnxruntime's static quantizer, QDQ format, U8S8.
 
-Why this layout and not the TensorRT one (measured on a CIFAR ResNet-18, onnxruntime 1.32, x86 with
-AVX2/AVX512-VNNI; ``benchmarks/int8_latency.py`` reproduces it and prints the node counts):
+Why this layout and not the TensorRT one (verified on a CIFAR ResNet-18, onnxruntime 1.32, x86 with
+AVX2/AVX512-VNNI, by dumping the graph ORT runs with ``int8_node_summary``; ``benchmarks/int8_latency.py``
+reproduces it):
 
-onnxruntime does not run Q/DQ nodes as such. Its graph optimiser looks for "node units": an op whose
-*every* float input comes from DequantizeLinear *and* whose output goes straight into QuantizeLinear,
-and replaces the unit with an integer kernel (Conv → QLinearConv, MatMul/Gemm → QLinearMatMul/QGemm,
-Add → QLinearAdd, pooling → QLinearAveragePool ...; Relu is folded into the Q that follows it). The
-integer tensors then flow from kernel to kernel without ever becoming float.
+onnxruntime does not run Q/DQ nodes as such. Its optimiser looks for QDQ "node units": an op whose
+float inputs come from DequantizeLinear *and* whose output goes straight into a QuantizeLinear, and
+replaces the unit with an integer kernel (Conv -> QLinearConv, Add -> QLinearAdd, Gemm -> QGemm, ...).
+The integer tensors then flow from kernel to kernel (in NHWC, u8) without ever becoming float.
 
-- ``quantize_static`` with ``QuantFormat.QDQ`` puts a Q/DQ pair on the output of every quantized op as
-  well as on its inputs, so every Conv is a complete unit: the optimised graph of ResNet-18 has 20
-  QLinearConv and *no* float Conv, and only one QuantizeLinear (the network input) and one
-  DequantizeLinear (the logits) stay behind.
-- The TensorRT layout (REFERENCE.md: symmetric, quantize only the *inputs* of weighted ops and the
-  residual Add) leaves the Conv output float. That is a DQ → Conv → (float) pattern, not a unit, so ORT
-  has nothing to fuse: it constant-folds the weight DequantizeLinear back to a float weight and runs
-  a float Conv, plus a QuantizeLinear + DequantizeLinear round trip on every activation. It does the
-  FP32 work and the Q/DQ work: no faster than FP32, usually slower. TensorRT fuses the same graph
-  because its fusion looks *forward* to the next layer's Q; ORT's does not.
-- U8 activations (asymmetric, zero point ≠ 0) with S8 weights is the combination MLAS's x86 kernels
-  are written for (``vpmaddubsw`` / VNNI ``vpdpbusd`` multiply unsigned × signed bytes). Symmetric S8
-  activations also fuse into QLinearConv, but are measured slower on x86 (MLAS has to shift them to
-  U8); prefer S8S8 only on ARM.
+- ``quantize_static`` (QDQ, U8 asymmetric activations, S8 per-channel weights) puts a Q/DQ pair on the
+  output of every op as well as on its inputs, and absorbs each Relu into the Q before it (a U8 Q with
+  zero point 0 *is* a Relu). Every Conv is a complete unit: the graph ORT runs has 20 QLinearConv,
+  8 QLinearAdd, 1 QGemm, 1 QLinearGlobalAveragePool, no float Conv, one QuantizeLinear (the input),
+  one DequantizeLinear (the logits) and 2 Transposes (NCHW -> NHWC and back). ~3x faster than FP32.
+- The TensorRT layout (symmetric S8, Q/DQ only on the *inputs* of Conv/Gemm and residual Adds) leaves
+  most Conv outputs float: conv -> Relu -> (next layer's Q) is not a unit, because the Relu sits between
+  Conv and Q and a symmetric Q (zero point 0, mid-range) cannot absorb it. ORT folds the weight DQ back
+  to float and runs a float (Fused)Conv with Q/DQ round trips around it: 12 of 20 convs stay float
+  (9 FusedConv+Relu, 3 Conv), only the 8 whose output happens to feed a quantized Add input become
+  QLinearConv, and 16 Transposes convert layouts between the float and integer islands. FP32 work plus
+  Q/DQ work: measured 0.96x of FP32 time, i.e. no gain. TensorRT fuses the same graph because it
+  looks forward to the next layer's Q; ORT does not.
+- Symmetric S8 activations through ORT's own quantizer (Q/DQ on outputs too) do no better (1.04x):
+  the Relus cannot be absorbed, so each stays a float op between Q/DQ pairs; only 9 of 20 Conv and
+  3 of 8 Add fused (those left float read a tensor shared with the residual branch), with 18 Transposes.
+  Hence U8 activations: they are what lets Relu vanish, and U8xS8 is what MLAS's x86 kernels
+  (vpmaddubsw / VNNI vpdpbusd) multiply natively.
 
 Example::
 
