@@ -255,12 +255,11 @@ def targets(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="deployment targets")
+    table = Table(title="deployment targets", expand=False)
     for column in ("name", "aliases", "runtime", "precision", "quantization", "batch", "max_accuracy_drop", "max_latency_ms"):
         table.add_column(column)
     for row in rows:
-        aliases = row.get("aliases") or []
-        table.add_row(*(str(v) for v in (row["name"], ", ".join(aliases), row["runtime"], row["precision"],
+        table.add_row(*(str(v) for v in (row["name"], row["aliases"], row["runtime"], row["precision"],
                                          row["quantization"], row["batch"], row["max_accuracy_drop"], row["max_latency_ms"])))
     console.print(table)
 

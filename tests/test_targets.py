@@ -1,7 +1,8 @@
 """Deployment targets: the shipped YAMLs load strictly; bad names, keys, types and combinations are UserErrors."""
-import json
 
 from __future__ import annotations
+
+import json
 
 import doctest
 from pathlib import Path
