@@ -130,6 +130,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     teacher_module = NormalizedModel(loaded.model, spec.mean, spec.std)
+    # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,9 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     if checkpoint is not None:
+        if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
+            raise UserError(f"--resume: {out_dir} has a checkpoint but not its {MEMORY} / {HOLDOUT}; "
+                            "run without --resume to start again")
         memory = SampleMemory.load(out_dir / MEMORY, config.memory_capacity)
         holdout = SampleMemory.load(out_dir / HOLDOUT)
         distiller.load_state_dict(checkpoint, memory, holdout)
@@ -198,8 +202,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     }
     student.eval().to("cpu")
     scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
-    buffer_path = out_dir / "student.ts"
-    _atomic_jit_save(scripted, buffer_path)
+    _atomic_jit_save(scripted, out_dir / "student.ts")
     atomic_torch_save(out_dir / "student.pt", student.state_dict())
     atomic_write_text(out_dir / "student.json", json.dumps({
         "architecture": describe_student(config.student, loaded.num_classes, channels, height),
@@ -208,8 +211,8 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     }, indent=2))
     atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2))
     images, labels = distiller.memory.all()
-    save_sample_grid(images[-min(len(images), 20 * 8 * len(class_names)):], labels[-min(len(labels), 20 * 8 * len(class_names)):],
-                     class_names, out_dir / "samples.png")
+    newest = slice(-min(len(images), 8 * 20 * len(class_names)), None)  # enough for 8 per class of 20 rows
+    save_sample_grid(images[newest], labels[newest], class_names, out_dir / "samples.png")
     save_training_curves(state.history, out_dir / "curves.png")
     metrics["artifacts"] = {name: str(out_dir / name) for name in
                             ("student.ts", "student.pt", "student.json", "config.json", "samples.png", "curves.png",
