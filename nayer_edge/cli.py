@@ -201,6 +201,29 @@ def export_command(
                       f"max abs error vs PyTorch {parity['max_abs_error']:.2e}, cosine {parity['cosine_similarity']:.6f}")
 
 
+@app.command("quantize")
+def quantize_command(
+    run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file [default: RUN_DIR/student.int8.onnx].")] = None,
+    calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """INT8 post-training quantization for onnxruntime CPU, calibrated on the run's synthetic samples."""
+    from .quantize import quantize
+
+    result = quantize(run_dir, out=out, calibration=calibration, eval_data=eval_data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    parity = result["parity_vs_fp32"]
+    console.print(f"wrote {result['int8_onnx']} ({result['int8_bytes']:,} bytes vs {result['fp32_bytes']:,} FP32); "
+                  f"vs FP32 on held-out synthetic samples: cosine {parity['cosine_similarity']:.4f}, "
+                  f"top-1 agreement {parity['top1_agreement']:.2%}")
+    if "int8_accuracy" in result:
+        console.print(f"top-1 on real data: FP32 {result['fp32_onnx_accuracy']:.2%}, INT8 {result['int8_accuracy']:.2%}")
+
+
 @app.command("verify")
 def verify_command(
     model: Annotated[Path, typer.Argument(help="An ONNX model.")],

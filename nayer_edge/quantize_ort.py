@@ -13,7 +13,8 @@ The integer tensors then flow from kernel to kernel (in NHWC, u8) without ever b
   output of every op as well as on its inputs, and absorbs each Relu into the Q before it (a U8 Q with
   zero point 0 *is* a Relu). Every Conv is a complete unit: the graph ORT runs has 20 QLinearConv,
   8 QLinearAdd, 1 QGemm, 1 QLinearGlobalAveragePool, no float Conv, one QuantizeLinear (the input),
-  one DequantizeLinear (the logits) and 2 Transposes (NCHW -> NHWC and back). 0.32-0.35x of FP32 time at batch 32, 2 threads.
+  one DequantizeLinear (the logits) and 2 Transposes (NCHW -> NHWC and back): 0.32-0.35x of FP32
+  time at batch 32, 2 threads.
 - The TensorRT layout (symmetric S8, Q/DQ only on the *inputs* of Conv/Gemm and residual Adds) leaves
   most Conv outputs float: conv -> Relu -> (next layer's Q) is not a unit, because the Relu sits between
   Conv and Q and a symmetric Q (zero point 0, mid-range) cannot absorb it. ORT folds the weight DQ back

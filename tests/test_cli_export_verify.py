@@ -54,3 +54,17 @@ def test_bad_input_exit_2(tmp_path):
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     not_a_run = run_cli("export", str(tmp_path))
     assert not_a_run.returncode == 2 and "distill" in not_a_run.stderr
+
+
+def test_quantize_int8_close_to_fp32(distilled, digits_teacher):
+    run_dir, _ = distilled
+    result = run_cli("quantize", str(run_dir), "--eval-data", str(digits_teacher.eval_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["int8_bytes"] < report["fp32_bytes"]
+    assert report["parity_vs_fp32"]["top1_agreement"] >= 0.9, report
+    assert abs(report["int8_accuracy"] - report["fp32_onnx_accuracy"]) <= 0.05, report
+    verified = run_cli("verify", report["int8_onnx"], "--eval-data", str(digits_teacher.eval_path), "--reference",
+                       report["fp32_onnx"], "--json")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    assert json.loads(verified.stdout)["accuracy"] == pytest.approx(report["int8_accuracy"], abs=1e-6)
