@@ -79,47 +79,107 @@ def _summary(metrics: dict[str, Any], title: str) -> None:
     console.print(f"artefacts in {Path(metrics['artifacts']['metrics.json']).parent if 'metrics.json' in metrics['artifacts'] else Path(metrics['artifacts']['student.ts']).parent}")
 
 
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Zoo name or package.module:factory.")]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="Recipe name from recipes/ or a YAML file.")]
+EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz (x, y) or image folder root/<class>/*.png; reported, never used for selection.")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs")]
+BudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole run, warm-up included.")]
+GeneratorOpt = Annotated[Optional[GeneratorKind], typer.Option("--generator", help="nayer (label-text embeddings) or noise (z ~ N(0, I) baseline).")]
+EmbeddingOpt = Annotated[Optional[EmbeddingKind], typer.Option("--embedding", help="text (LTE) or onehot (ablation).")]
+EncoderOpt = Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")]
+TemplateOpt = Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt with {} for the class name.")]
+DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Let the text encoder be fetched from a hub.")]
+IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, help=text)]  # noqa: E731
+DeviceOpt = Annotated[Device, typer.Option("--device")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
+
+
+def _config(recipe, **overrides) -> Any:
+    from .config import load_config
+
+    for key in ("generator", "embedding", "device"):
+        if overrides.get(key) is not None:
+            overrides[key] = overrides[key].value
+    overrides["allow_download"] = overrides.get("allow_download") or None
+    return load_config(recipe, overrides)
+
+
 @app.command()
 def distill(
-    teacher: TeacherArg,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/distill"),
-    student: Annotated[Optional[str], typer.Option("--student", help="Zoo name or package.module:factory.")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name from recipes/ or a YAML file.")] = None,
+    teacher: TeacherArg, out: OutOpt = Path("runs/distill"), student: StudentOpt = None, recipe: RecipeOpt = None,
     arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
-    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False,
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help=".npz (x, y) or image folder root/<class>/*.png; reported, never used for selection.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole run, warm-up included.")] = None,
-    generator: Annotated[Optional[GeneratorKind], typer.Option("--generator", help="nayer (label-text embeddings) or noise (z ~ N(0, I) baseline).")] = None,
-    embedding: Annotated[Optional[EmbeddingKind], typer.Option("--embedding", help="text (LTE) or onehot (ablation).")] = None,
-    text_encoder: Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")] = None,
-    prompt_template: Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt with {} for the class name.")] = None,
-    allow_download: Annotated[bool, typer.Option("--allow-download", help="Let the text encoder be fetched from a hub.")] = False,
-    synthesis_batch: Annotated[Optional[int], typer.Option("--synthesis-batch")] = None,
-    kd_batch: Annotated[Optional[int], typer.Option("--kd-batch")] = None,
-    kd_steps: Annotated[Optional[int], typer.Option("--kd-steps", help="Student steps per epoch.")] = None,
-    g_steps: Annotated[Optional[int], typer.Option("--g-steps", help="Generator steps per synthesis round.")] = None,
-    memory_capacity: Annotated[Optional[int], typer.Option("--memory-capacity", help="Most synthetic samples kept.")] = None,
-    device: Annotated[Device, typer.Option("--device")] = Device.auto,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
-    as_json: JsonOpt = False,
+    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, eval_data: EvalOpt = None,
+    epochs: EpochsOpt = None, time_budget: BudgetOpt = None, generator: GeneratorOpt = None,
+    embedding: EmbeddingOpt = None, text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None,
+    allow_download: DownloadOpt = False, synthesis_batch: IntOpt("--synthesis-batch") = None,
+    kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
+    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
+    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
+    device: DeviceOpt = Device.auto, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
-    from .config import load_config
     from .distill import distill as run_distill
 
-    overrides = {"student": student, "epochs": epochs, "time_budget": time_budget,
-                 "generator": generator.value if generator else None,
-                 "embedding": embedding.value if embedding else None, "text_encoder": text_encoder,
-                 "prompt_template": prompt_template, "allow_download": allow_download or None,
-                 "synthesis_batch": synthesis_batch, "kd_batch": kd_batch, "kd_steps": kd_steps, "g_steps": g_steps,
-                 "memory_capacity": memory_capacity, "device": device.value, "seed": seed}
-    config = load_config(recipe, overrides)
+    config = _config(recipe, student=student, epochs=epochs, time_budget=time_budget, generator=generator,
+                     embedding=embedding, text_encoder=text_encoder, prompt_template=prompt_template,
+                     allow_download=allow_download, synthesis_batch=synthesis_batch, kd_batch=kd_batch,
+                     kd_steps=kd_steps, g_steps=g_steps, memory_capacity=memory_capacity, device=device, seed=seed)
     metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
                           show_progress=not as_json or sys.stderr.isatty(),
                           **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
     _print_result(metrics, as_json, "distillation")
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+@app.command()
+def compress(
+    teacher: TeacherArg,
+    target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
+    out: OutOpt = Path("runs/compress"), student: StudentOpt = None, recipe: RecipeOpt = None,
+    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, eval_data: EvalOpt = None,
+    epochs: EpochsOpt = None, time_budget: BudgetOpt = None, generator: GeneratorOpt = None,
+    embedding: EmbeddingOpt = None, text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None,
+    allow_download: DownloadOpt = False, synthesis_batch: IntOpt("--synthesis-batch") = None,
+    kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
+    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
+    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
+    device: DeviceOpt = Device.auto, seed: SeedOpt = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Quantization-aware fine-tuning (not yet available).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
+    from .compress import compress as run_compress
+
+    config = _config(recipe, student=student, epochs=epochs, time_budget=time_budget, generator=generator,
+                     embedding=embedding, text_encoder=text_encoder, prompt_template=prompt_template,
+                     allow_download=allow_download, synthesis_batch=synthesis_batch, kd_batch=kd_batch,
+                     kd_steps=kd_steps, g_steps=g_steps, memory_capacity=memory_capacity, device=device, seed=seed)
+    metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
+                           precision=precision.value if precision else None, qat=qat,
+                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                           show_progress=not as_json or sys.stderr.isatty(),
+                           **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+    _print_result(metrics, as_json, f"compress → {metrics['target']}")
+    if not as_json:
+        for name, lat in metrics["latency"].items():
+            console.print(f"{name}: p50 {lat['p50_ms']:.3f} ms at batch {lat['batch']} ({lat['throughput']:,.0f} images/s)")
+        for gate in metrics["gates"]:
+            console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g}) "
+                          f"{'[green]pass[/]' if gate['passed'] else '[red]FAIL[/]'}")
+        console.print(f"report: {metrics['artifacts']['report.md']}")
+    if not metrics["passed"]:
+        err_console.print("gate failed: " + ", ".join(g["name"] for g in metrics["gates"] if not g["passed"]))
+        raise typer.Exit(1)
 
 
 def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
