@@ -171,15 +171,22 @@ def compress(
                            **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
     _print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:
-        for name, lat in metrics["latency"].items():
-            console.print(f"{name}: p50 {lat['p50_ms']:.3f} ms at batch {lat['batch']} ({lat['throughput']:,.0f} images/s)")
-        for gate in metrics["gates"]:
-            console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g}) "
-                          f"{'[green]pass[/]' if gate['passed'] else '[red]FAIL[/]'}")
-        console.print(f"report: {metrics['artifacts']['report.md']}")
+        _print_deployment(metrics)
     if not metrics["passed"]:
         err_console.print("gate failed: " + ", ".join(g["name"] for g in metrics["gates"] if not g["passed"]))
         raise typer.Exit(1)
+
+
+def _print_deployment(metrics: dict[str, Any]) -> None:
+    fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    console.print(f"ONNX FP32 top-1 {fmt(metrics['fp32_onnx_accuracy'])}"
+                  + (f", INT8 top-1 {fmt(metrics['int8_accuracy'])}" if metrics["int8_accuracy"] is not None else ""))
+    for name, lat in metrics["latency"].items():
+        console.print(f"{name}: p50 {lat['p50_ms']:.3f} ms at batch {lat['batch']} ({lat['throughput']:,.0f} images/s)")
+    for gate in metrics["gates"]:
+        console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g}) "
+                      f"{'[green]pass[/]' if gate['passed'] else '[red]FAIL[/]'}")
+    console.print(f"report: {metrics['artifacts']['report.md']}")
 
 
 def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
@@ -219,104 +226,22 @@ def inspect(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+    target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of distillation.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job on a built-in teacher: handwritten digits, distilled without their images."""
+    """The main job on a built-in teacher: handwritten digits, compressed without their images."""
     from .config import load_config
     from .demo import demo as run_demo
 
     config = load_config("demo-digits", {"time_budget": time_budget, "epochs": epochs, "seed": seed})
-    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty())
-    _print_result(metrics, as_json, "demo: digits teacher → student, no training data")
-
-
-@app.command("export")
-def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="ONNX file [default: RUN_DIR/student.onnx].")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Static batch size [default: dynamic].")] = None,
-    fold_normalization: Annotated[bool, typer.Option("--fold-normalization/--no-fold-normalization",
-                                                     help="Take images in [0, 1] and normalise inside the graph.")] = True,
-    opset: Annotated[int, typer.Option("--opset")] = 17,
-    as_json: JsonOpt = False,
-) -> None:
-    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime."""
-    from .export import export
-    from .onnx_export import ParityError
-
-    try:
-        result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
-                        opset=opset)
-    except ParityError as err:
-        err_console.print(f"export failed parity: {err}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        parity = result["parity"]
-        console.print(f"wrote {result['onnx']} ({result['bytes']:,} bytes, input {result['input']}, opset {opset}); "
-                      f"max abs error vs PyTorch {parity['max_abs_error']:.2e}, cosine {parity['cosine_similarity']:.6f}")
-
-
-@app.command("quantize")
-def quantize_command(
-    run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file [default: RUN_DIR/student.int8.onnx].")] = None,
-    calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """INT8 post-training quantization for onnxruntime CPU, calibrated on the run's synthetic samples."""
-    from .quantize import quantize
-
-    result = quantize(run_dir, out=out, calibration=calibration, eval_data=eval_data)
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    parity = result["parity_vs_fp32"]
-    console.print(f"wrote {result['int8_onnx']} ({result['int8_bytes']:,} bytes vs {result['fp32_bytes']:,} FP32); "
-                  f"vs FP32 on held-out synthetic samples: cosine {parity['cosine_similarity']:.4f}, "
-                  f"top-1 agreement {parity['top1_agreement']:.2%}")
-    if "int8_accuracy" in result:
-        console.print(f"top-1 on real data: FP32 {result['fp32_onnx_accuracy']:.2%}, INT8 {result['int8_accuracy']:.2%}")
-
-
-@app.command("verify")
-def verify_command(
-    model: Annotated[Path, typer.Argument(help="An ONNX model.")],
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data (.npz or image folder).")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference model: .onnx, TorchScript, or a distill folder.")] = None,
-    batch: Annotated[int, typer.Option("--batch")] = 32,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: points of top-1 below the reference.")] = None,
-    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at --batch.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Accuracy, parity and latency of an ONNX model, with pass/fail gates (exit 1 when a gate fails)."""
-    from .verify import verify
-
-    result = verify(model, eval_data=eval_data, reference=reference, batch=batch,
-                    max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
-        console.print(f"top-1 {fmt(result.accuracy)}" + (f" (reference {fmt(result.reference_accuracy)})"
-                                                          if result.reference_accuracy is not None else ""))
-        if result.parity is not None:
-            console.print(f"parity: max abs error {result.parity.max_abs_error:.2e}, cosine "
-                          f"{result.parity.cosine_similarity:.6f}, top-1 agreement {result.parity.top1_agreement:.2%}")
-        lat = result.latency
-        console.print(f"latency at batch {lat.batch}: mean {lat.mean_ms:.3f} ms, p50 {lat.p50_ms:.3f}, p90 {lat.p90_ms:.3f}, "
-                      f"p95 {lat.p95_ms:.3f}, p99 {lat.p99_ms:.3f}; {lat.throughput:,.0f} images/s; CV {lat.cv:.1%}")
-        for gate in result.gates:
-            mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
-            console.print(f"gate {gate.name}: {gate.value:.4g} (limit {gate.limit:.4g}) {mark}")
-    failed = [g.name for g in result.gates if not g.passed]
-    if failed:
-        err_console.print(f"gate failed: {', '.join(failed)}")
+    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty(), target=target)
+    _print_result(metrics, as_json, f"demo: digits teacher → student for {metrics['target']}, no training data")
+    if not as_json:
+        _print_deployment(metrics)
+    if not metrics["passed"]:
         raise typer.Exit(1)
 
 

@@ -16,7 +16,7 @@ from .errors import UserError
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
-             show_progress: bool = True, **teacher_options: Any) -> dict[str, Any]:
+             show_progress: bool = True, cache_dir: Path | None = None, **teacher_options: Any) -> dict[str, Any]:
     """Run every stage; returns the metrics, with ``passed`` false when a gate failed.
 
     Gates: ``accuracy_drop`` (top-1 points of the deployed model below the FP32 student; needs eval data) and
@@ -46,7 +46,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
 
     out_dir = Path(out_dir)
     metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
-                      **teacher_options)
+                      cache_dir=cache_dir, **teacher_options)
     exported = export(out_dir, out_dir / "student.onnx", batch=None if spec.dynamic_batch else spec.batch,
                       opset=spec.opset)
     fp32 = verify(exported["onnx"], eval_data=eval_data, batch=spec.batch)

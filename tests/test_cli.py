@@ -155,3 +155,4 @@ def test_demo_end_to_end(tmp_path):
     assert metrics["epochs"] == 5
     assert metrics["student_accuracy"] > 0.8 * metrics["teacher_accuracy"]
     assert (tmp_path / "cache" / "demo" / "digits_teacher.pt").is_file()
+    assert metrics["target"] == "cpu-x86" and metrics["passed"] and (out / "student.int8.onnx").is_file()
