@@ -96,9 +96,17 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
 
 
-def _config(recipe, **overrides) -> Any:
+# Command-line options that override a DistillConfig field of the same name.
+CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", "text_encoder", "prompt_template",
+                  "allow_download", "synthesis_batch", "kd_batch", "kd_steps", "g_steps", "memory_capacity",
+                  "device", "seed")
+
+
+def _config(recipe: str | None, options: dict[str, Any]) -> Any:
+    """The run's config: defaults ← recipe ← the command's options (those in CONFIG_OPTIONS)."""
     from .config import load_config
 
+    overrides = {key: options[key] for key in CONFIG_OPTIONS}
     for key in ("generator", "embedding", "device"):
         if overrides.get(key) is not None:
             overrides[key] = overrides[key].value
@@ -122,10 +130,7 @@ def distill(
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from .distill import distill as run_distill
 
-    config = _config(recipe, student=student, epochs=epochs, time_budget=time_budget, generator=generator,
-                     embedding=embedding, text_encoder=text_encoder, prompt_template=prompt_template,
-                     allow_download=allow_download, synthesis_batch=synthesis_batch, kd_batch=kd_batch,
-                     kd_steps=kd_steps, g_steps=g_steps, memory_capacity=memory_capacity, device=device, seed=seed)
+    config = _config(recipe, locals())
     metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
                           show_progress=not as_json or sys.stderr.isatty(),
                           **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
@@ -160,10 +165,7 @@ def compress(
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from .compress import compress as run_compress
 
-    config = _config(recipe, student=student, epochs=epochs, time_budget=time_budget, generator=generator,
-                     embedding=embedding, text_encoder=text_encoder, prompt_template=prompt_template,
-                     allow_download=allow_download, synthesis_batch=synthesis_batch, kd_batch=kd_batch,
-                     kd_steps=kd_steps, g_steps=g_steps, memory_capacity=memory_capacity, device=device, seed=seed)
+    config = _config(recipe, locals())
     metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
                            precision=precision.value if precision else None, qat=qat,
                            max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,

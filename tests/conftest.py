@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+# The demo recipe without its time budget: with a budget the LR schedule follows wall time, so a busy
+# machine would train a different student.
+TEST_RECIPE = str(Path(__file__).resolve().parent / "recipes" / "tiny-digits.yaml")
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import TEST_RECIPE, REPO, run_cli
 
 FAST = ["--epochs", "3", "--synthesis-batch", "100", "--kd-batch", "128", "--kd-steps", "40", "--g-steps", "8",
-        "--student", "cnn_tiny", "--recipe", "demo-digits", "--device", "cpu"]
+        "--student", "cnn_tiny", "--recipe", TEST_RECIPE, "--device", "cpu"]
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -132,7 +132,7 @@ def test_bad_input_one_line_exit_2(case, digits_teacher, tmp_path):
         extra = ["--recipe", str(recipe)]
     args = ["distill", teacher, "--out", str(out), *extra]
     if case != "bad_recipe_key":
-        args += ["--recipe", "demo-digits"]
+        args += ["--recipe", TEST_RECIPE]
     result = run_cli(*args)
     needles = {"missing": ["nope.pt"], "unknown_student": ["resnet19", "resnet18"], "out_is_file": ["is a file"],
                "class_mismatch": ["3 class names", "10 logits"], "bad_shape": ["3,16,16"],

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import TEST_RECIPE, run_cli
 
-FAST = ["--recipe", "demo-digits", "--student", "cnn_tiny", "--epochs", "3", "--synthesis-batch", "100",
+FAST = ["--recipe", TEST_RECIPE, "--student", "cnn_tiny", "--epochs", "3", "--synthesis-batch", "100",
         "--kd-batch", "128", "--kd-steps", "40", "--g-steps", "8", "--device", "cpu"]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli, train_and_save
+from conftest import TEST_RECIPE, run_cli, train_and_save
 
 STUDENT_MODULE = textwrap.dedent("""
     import torch
@@ -72,7 +72,7 @@ def test_other_teacher_shapes_with_user_student(shape, tmp_path):
     (tmp_path / "my_students.py").write_text(STUDENT_MODULE)
     out = tmp_path / "run"
     result = run_cli("distill", str(teacher.path), "--out", str(out), "--student", "my_students:small_convnet",
-                     "--eval-data", str(teacher.eval_path), "--recipe", "demo-digits", "--epochs", "8",
+                     "--eval-data", str(teacher.eval_path), "--recipe", TEST_RECIPE, "--epochs", "8",
                      "--synthesis-batch", "100", "--kd-batch", "128", "--kd-steps", "40", "--g-steps", "10",
                      "--device", "cpu", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
