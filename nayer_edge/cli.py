@@ -247,6 +247,93 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="ONNX file [default: RUN_DIR/student.onnx].")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Static batch size [default: dynamic].")] = None,
+    fold_normalization: Annotated[bool, typer.Option("--fold-normalization/--no-fold-normalization",
+                                                     help="Take images in [0, 1] and normalise inside the graph.")] = True,
+    opset: Annotated[int, typer.Option("--opset")] = 17,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime."""
+    from .export import export
+    from .onnx_export import ParityError
+
+    try:
+        result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
+                        opset=opset)
+    except ParityError as err:
+        err_console.print(f"export failed parity: {err}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        parity = result["parity"]
+        console.print(f"wrote {result['onnx']} ({result['bytes']:,} bytes, input {result['input']}, opset {opset}); "
+                      f"max abs error vs PyTorch {parity['max_abs_error']:.2e}, cosine {parity['cosine_similarity']:.6f}")
+
+
+@app.command("quantize")
+def quantize_command(
+    run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file [default: RUN_DIR/student.int8.onnx].")] = None,
+    calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """INT8 post-training quantization for onnxruntime CPU, calibrated on the run's synthetic samples."""
+    from .quantize import quantize
+
+    result = quantize(run_dir, out=out, calibration=calibration, eval_data=eval_data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    parity = result["parity_vs_fp32"]
+    console.print(f"wrote {result['int8_onnx']} ({result['int8_bytes']:,} bytes vs {result['fp32_bytes']:,} FP32); "
+                  f"vs FP32 on held-out synthetic samples: cosine {parity['cosine_similarity']:.4f}, "
+                  f"top-1 agreement {parity['top1_agreement']:.2%}")
+    if "int8_accuracy" in result:
+        console.print(f"top-1 on real data: FP32 {result['fp32_onnx_accuracy']:.2%}, INT8 {result['int8_accuracy']:.2%}")
+
+
+@app.command("verify")
+def verify_command(
+    model: Annotated[Path, typer.Argument(help="An ONNX model.")],
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data (.npz or image folder).")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference model: .onnx, TorchScript, or a distill folder.")] = None,
+    batch: Annotated[int, typer.Option("--batch")] = 32,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: points of top-1 below the reference.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at --batch.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, parity and latency of an ONNX model, with pass/fail gates (exit 1 when a gate fails)."""
+    from .verify import verify
+
+    result = verify(model, eval_data=eval_data, reference=reference, batch=batch,
+                    max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+        console.print(f"top-1 {fmt(result.accuracy)}" + (f" (reference {fmt(result.reference_accuracy)})"
+                                                          if result.reference_accuracy is not None else ""))
+        if result.parity is not None:
+            console.print(f"parity: max abs error {result.parity.max_abs_error:.2e}, cosine "
+                          f"{result.parity.cosine_similarity:.6f}, top-1 agreement {result.parity.top1_agreement:.2%}")
+        lat = result.latency
+        console.print(f"latency at batch {lat.batch}: mean {lat.mean_ms:.3f} ms, p50 {lat.p50_ms:.3f}, p90 {lat.p90_ms:.3f}, "
+                      f"p95 {lat.p95_ms:.3f}, p99 {lat.p99_ms:.3f}; {lat.throughput:,.0f} images/s; CV {lat.cv:.1%}")
+        for gate in result.gates:
+            mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
+            console.print(f"gate {gate.name}: {gate.value:.4g} (limit {gate.limit:.4g}) {mark}")
+    failed = [g.name for g in result.gates if not g.passed]
+    if failed:
+        err_console.print(f"gate failed: {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def models() -> None:
     """List the student architectures in the zoo."""

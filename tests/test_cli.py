@@ -36,7 +36,8 @@ def test_import_is_light():
 def test_module_and_help():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("distill", "inspect", "demo", "models"):
+    for command in ("distill", "compress", "inspect", "demo", "export", "quantize", "verify", "models", "targets",
+                    "recipes"):
         assert command in result.stdout
 
 
