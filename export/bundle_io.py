@@ -1,0 +1,160 @@
+"""Reading a deploy bundle: its manifest, the integrity of its files, its arrays. Device side and host side.
+
+Copied into every bundle's ``scripts/`` folder and run on a Jetson with only what JetPack ships: Python 3.8+
+and numpy. No torch, no nayer_edge.
+
+The manifest lists the sha256 of every other file in the bundle (``files``) and carries the sha256 of its own
+canonical JSON without that field (``manifest_sha256``), so an edited manifest is caught too. This is an
+integrity check against accidents (a truncated copy, a hand-edited threshold, a swapped model), not a
+signature: whoever can edit the files can recompute the hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT = "nayer-edge-bundle"
+FORMAT_VERSION = 1
+SELF_HASH_KEY = "manifest_sha256"
+
+# Exit codes shared by the device scripts.
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class BundleError(Exception):
+    """Bad input: no manifest, an unreadable one, a missing argument. Exit code 2."""
+
+
+class IntegrityError(Exception):
+    """A bundle file does not match the manifest (changed, missing or extra). Exit code 1.
+
+    ``file`` is the bundle-relative name of the first offending file.
+    """
+
+    def __init__(self, file: str, message: str):
+        super().__init__(message)
+        self.file = file
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(data: Dict[str, Any]) -> bytes:
+    """The bytes the manifest's self-hash is computed over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def manifest_self_hash(manifest: Dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != SELF_HASH_KEY}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def seal_manifest(manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest with ``manifest_sha256`` set over everything else in it."""
+    sealed = {k: v for k, v in manifest.items() if k != SELF_HASH_KEY}
+    sealed[SELF_HASH_KEY] = manifest_self_hash(sealed)
+    return sealed
+
+
+def load_manifest(bundle_dir: str) -> Dict[str, Any]:
+    """The parsed ``manifest.json`` of ``bundle_dir``; BundleError when absent, unreadable or foreign."""
+    path = os.path.join(bundle_dir, MANIFEST)
+    if not os.path.isdir(bundle_dir):
+        raise BundleError("{}: no such bundle folder".format(bundle_dir))
+    if not os.path.isfile(path):
+        raise BundleError("{}: no {} here; is this a nayer-edge bundle folder?".format(bundle_dir, MANIFEST))
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        # An unparsable manifest is as good as a tampered one: the integrity gate names it.
+        raise IntegrityError(MANIFEST, "integrity gate failed: {} is not valid JSON ({})".format(
+            MANIFEST, str(err).splitlines()[0])) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError("{}: not a nayer-edge bundle manifest (format is not '{}')".format(path, FORMAT))
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError("{}: bundle format version {!r} is newer than these scripts understand ({}); "
+                          "use the scripts shipped inside the bundle".format(path, version, FORMAT_VERSION))
+    return manifest
+
+
+def verify_integrity(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Check the manifest's self-hash, then the sha256 of every listed file; return the files checked.
+
+    Raises IntegrityError naming the first file that was edited or is missing, or an unlisted file that
+    would change what runs (a module in ``scripts/``, ``model.onnx.data``). Engines, timing caches, stamps
+    and results made on the device are not listed and are allowed.
+    """
+    manifest = manifest if manifest is not None else load_manifest(bundle_dir)
+    if manifest.get(SELF_HASH_KEY) != manifest_self_hash(manifest):
+        raise IntegrityError(MANIFEST, "integrity gate failed: {} was edited after the bundle was made "
+                                       "(its manifest_sha256 does not match its content)".format(MANIFEST))
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise IntegrityError(MANIFEST, "integrity gate failed: {} lists no files".format(MANIFEST))
+    for name in sorted(files):
+        path = os.path.join(bundle_dir, *name.split("/"))
+        if not os.path.isfile(path):
+            raise IntegrityError(name, "integrity gate failed: {} is missing from the bundle".format(name))
+        if sha256_file(path) != files[name]:
+            raise IntegrityError(name, "integrity gate failed: {} sha256 mismatch (the file was changed after "
+                                       "the bundle was made)".format(name))
+    model_file = str(manifest.get("model", {}).get("file", "model.onnx"))
+    for name in _unlisted_files(bundle_dir, files):
+        # Engines, timing caches and results written on the device are expected. What is refused are
+        # unlisted files that change what runs: a module in scripts/ (it would shadow an import) and
+        # external weights beside the model (model.onnx.data).
+        if name.startswith("scripts/") or name.startswith(model_file + "."):
+            raise IntegrityError(name, "integrity gate failed: {} is not listed in {}; remove it".format(
+                name, MANIFEST))
+    return sorted(files)
+
+
+def _unlisted_files(bundle_dir: str, files: Dict[str, str]) -> List[str]:
+    extra = []
+    for root, dirs, names in os.walk(bundle_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), bundle_dir).replace(os.sep, "/")
+            if rel != MANIFEST and rel not in files:
+                extra.append(rel)
+    return sorted(extra)
+
+
+def load_arrays(bundle_dir: str, name: str, keys: List[str]) -> Dict[str, np.ndarray]:
+    """Arrays ``keys`` from the bundle's ``.npz`` file ``name``; BundleError when absent or incomplete."""
+    path = os.path.join(bundle_dir, name)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise BundleError("{}: missing array(s) {}".format(name, ", ".join(missing)))
+            return {k: np.asarray(data[k]) for k in keys}
+    except (OSError, ValueError) as err:
+        raise BundleError("{}: cannot read ({})".format(name, str(err).splitlines()[0])) from None
+
+
+def images_to_input(images_u8: np.ndarray, manifest: Dict[str, Any]) -> np.ndarray:
+    """uint8 images N×C×H×W (0–255) → what the model takes, as the manifest's ``input`` section says:
+    scaled to [0, 1], then ``(x − mean) / std`` for a model that takes normalised input."""
+    spec = manifest["input"]
+    x = images_u8.astype(np.float32) / np.float32(255.0)
+    if spec["convention"] == "normalised":
+        mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return np.ascontiguousarray(x, dtype=np.float32)
