@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,103 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_trt_style(fp32_path: Path, out: Path, calibration: np.ndarray) -> Path:
-    """Symmetric weight-and-input-only Q/DQ (TensorRT layout) on an FP32 graph, calibrated by max-abs."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """Symmetric weight-and-input-only Q/DQ (TensorRT layout): the library's ``quantize_tensorrt``."""
+    from nayer_edge.qdq_tensorrt import quantize_tensorrt
 
-    from nayer_edge.atomic import atomic_write_bytes
-    from nayer_edge.onnx_export import onnx_session
-
-    model = onnx.load(str(fp32_path))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    act_inputs: list[str] = []
-    for node in graph.node:
-        wanted = node.input[:1] if node.op_type in ("Conv", "Gemm", "MatMul") else (
-            node.input[:2] if node.op_type == "Add" else [])
-        for name in wanted:
-            if name not in inits and name not in act_inputs:
-                act_inputs.append(name)
-
-    # Calibrate: max |x| of every tensor we quantize, over the calibration set.
-    probe = onnx.load(str(fp32_path))
-    known = {o.name for o in probe.graph.output}
-    for name in act_inputs:
-        if name not in known:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(p))
-        sess = onnx_session(p, threads=2)
-        in_name = sess.get_inputs()[0].name
-        amax = dict.fromkeys(act_inputs, 0.0)
-        step = sess.get_inputs()[0].shape[0] if isinstance(sess.get_inputs()[0].shape[0], int) else 32
-        for i in range(0, len(calibration) - step + 1, step):
-            outs = sess.run(act_inputs, {in_name: calibration[i:i + step]})
-            for name, value in zip(act_inputs, outs):
-                amax[name] = max(amax[name], float(np.abs(value).max()))
-
-    new_nodes = []
-    new_inits = []
-    # Activations: Q(scale=amax/127, zp=0 int8) -> DQ, consumers rewired to the DQ output.
-    rename: dict[str, str] = {}
-    for name in act_inputs:
-        scale = max(amax[name], 1e-8) / 127.0
-        s, z = f"{name}_trt_scale", f"{name}_trt_zp"
-        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s),
-                      numpy_helper.from_array(np.array(0, np.int8), z)]
-        new_nodes += [helper.make_node("QuantizeLinear", [name, s, z], [f"{name}_q"], name=f"{name}_Q"),
-                      helper.make_node("DequantizeLinear", [f"{name}_q", s, z], [f"{name}_dq"], name=f"{name}_DQ")]
-        rename[name] = f"{name}_dq"
-    # Weights: per-channel (axis 0) narrow-range S8 initializer behind a DequantizeLinear.
-    for node in graph.node:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            if node.op_type == "Gemm":
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                if not trans_b:
-                    continue
-            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            scale = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-8) / 127.0
-            q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
-            base = node.input[1]
-            new_inits += [numpy_helper.from_array(q, f"{base}_int8"),
-                          numpy_helper.from_array(scale.astype(np.float32), f"{base}_wscale"),
-                          numpy_helper.from_array(np.zeros(w.shape[0], np.int8), f"{base}_wzp")]
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_wscale", f"{base}_wzp"],
-                                              [f"{base}_wdq"], name=f"{base}_DQ", axis=0))
-            node.input[1] = f"{base}_wdq"
-    for node in graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul", "Add"):
-            for k, name in enumerate(node.input):
-                if name in rename:
-                    node.input[k] = rename[name]
-    ordered = _toposort(list(graph.node) + new_nodes, {i.name for i in graph.input} | set(inits)
-                        | {t.name for t in new_inits})
-    del graph.node[:]
-    graph.node.extend(ordered)
-    used = {n for node in graph.node for n in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    onnx.checker.check_model(model)
-    atomic_write_bytes(out, model.SerializeToString())
-    return out
-
-
-def _toposort(nodes: list, available: set[str]) -> list:
-    ready, out, pending = set(available), [], list(nodes)
-    while pending:
-        rest = []
-        for node in pending:
-            if all(not n or n in ready for n in node.input):
-                out.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise RuntimeError("graph has a cycle or a missing input")
-        pending = rest
-    return out
+    return quantize_tensorrt(fp32_path, out, calibration)
 
 
 def main() -> None:

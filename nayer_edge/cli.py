@@ -157,7 +157,7 @@ def compress(
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
     device: DeviceOpt = Device.auto, seed: SeedOpt = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
-    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="Quantization-aware fine-tuning (not yet available).")] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
     as_json: JsonOpt = False,
@@ -275,27 +275,42 @@ def export_command(
                       f"max abs error vs PyTorch {parity['max_abs_error']:.2e}, cosine {parity['cosine_similarity']:.6f}")
 
 
+class Layout(str, Enum):
+    ort = "ort"
+    tensorrt = "tensorrt"
+
+
 @app.command("quantize")
 def quantize_command(
     run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file [default: RUN_DIR/student.int8.onnx].")] = None,
+    layout: Annotated[Layout, typer.Option("--layout", help="ort: onnxruntime CPU (U8S8 QDQ); tensorrt: explicit symmetric Q/DQ.")] = Layout.ort,
+    qat: Annotated[bool, typer.Option("--qat/--no-qat", help="Also fine-tune through fake INT8 on the synthetic samples (needs the teacher).")] = False,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher for QAT [default: the one in RUN_DIR/config.json].")] = None,
+    trust_pickle: TrustOpt = False,
     calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """INT8 post-training quantization for onnxruntime CPU, calibrated on the run's synthetic samples."""
+    """INT8 for a distilled student, calibrated (and with --qat fine-tuned) on the run's synthetic samples."""
     from .quantize import quantize
 
-    result = quantize(run_dir, out=out, calibration=calibration, eval_data=eval_data)
+    result = quantize(run_dir, out=out, layout=layout.value, qat=qat, teacher=teacher,
+                      teacher_options={"trust_pickle": trust_pickle}, calibration=calibration, eval_data=eval_data,
+                      show_progress=not as_json or sys.stderr.isatty())
     if as_json:
         print(json.dumps(result, indent=2))
         return
     parity = result["parity_vs_fp32"]
-    console.print(f"wrote {result['int8_onnx']} ({result['int8_bytes']:,} bytes vs {result['fp32_bytes']:,} FP32); "
-                  f"vs FP32 on held-out synthetic samples: cosine {parity['cosine_similarity']:.4f}, "
-                  f"top-1 agreement {parity['top1_agreement']:.2%}")
+    console.print(f"wrote {result['int8_onnx']} ({result['method'].upper()}, {result['int8_bytes']:,} bytes vs "
+                  f"{result['fp32_bytes']:,} FP32); vs FP32 on {result['check_samples']} samples: cosine "
+                  f"{parity['cosine_similarity']:.4f}, top-1 agreement {parity['top1_agreement']:.2%}")
+    console.print(f"deployed {result['method'].upper()}: {result['selected_by']}")
     if "int8_accuracy" in result:
-        console.print(f"top-1 on real data: FP32 {result['fp32_onnx_accuracy']:.2%}, INT8 {result['int8_accuracy']:.2%}")
+        qat_part = (f", QAT INT8 {result['qat_int8_accuracy']:.2%}" if result.get("qat_int8_accuracy") is not None
+                    else "")
+        console.print(f"top-1 on real data: FP32 {result['fp32_onnx_accuracy']:.2%}, PTQ INT8 "
+                      f"{result['ptq_int8_accuracy']:.2%}{qat_part}")
 
 
 @app.command("verify")

@@ -57,6 +57,11 @@ class DistillConfig:
     memory_backing: Literal["ram", "mmap"] = "ram"
     holdout_fraction: float = 0.1
 
+    # Quantization-aware fine-tuning on the synthetic memory (compress / quantize --qat).
+    qat_epochs: float = 2.0
+    qat_lr: float = 0.01
+    qat_batch: int = 256
+
     time_budget: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -88,6 +93,8 @@ class DistillConfig:
             raise UserError(f"config: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.lr <= 0 or self.lr_g <= 0:
             raise UserError("config: temperature, lr and lr_g must be positive")
+        if self.qat_epochs <= 0 or self.qat_lr <= 0 or self.qat_batch <= 0:
+            raise UserError("config: qat_epochs, qat_lr and qat_batch must be positive")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"config: time_budget must be positive seconds, got {self.time_budget}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

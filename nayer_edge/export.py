@@ -11,6 +11,22 @@ import torch
 from .errors import UserError
 
 
+def read_student_spec(run_dir: str | Path) -> dict[str, Any]:
+    """``student.json`` of a distill output folder: architecture, input shape, mean/std, class names."""
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "student.json"
+    if not spec_path.is_file() or not (run_dir / "student.ts").is_file():
+        raise UserError(f"{run_dir}: not a distill output folder (needs student.ts and student.json); "
+                        "run `nayer-edge distill` first")
+    try:
+        spec = json.loads(spec_path.read_text())
+        for key in ("architecture", "input_shape", "mean", "std", "classes"):
+            spec[key]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{spec_path}: unreadable ({type(err).__name__}: {err}); re-run distill") from None
+    return spec
+
+
 def load_student(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student of a run folder and its ``student.json``: rebuilt as an eager module from its
     architecture spec and weights-only state dict (what ONNX export traces best); the TorchScript copy
@@ -18,23 +34,19 @@ def load_student(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     from .zoo import build_student
 
     run_dir = Path(run_dir)
-    spec_path, script_path, state_path = run_dir / "student.json", run_dir / "student.ts", run_dir / "student.pt"
-    if not spec_path.is_file() or not script_path.is_file():
-        raise UserError(f"{run_dir}: not a distill output folder (needs student.ts and student.json); "
-                        "run `nayer-edge distill` first")
+    spec = read_student_spec(run_dir)
     try:
-        spec = json.loads(spec_path.read_text())
         arch = spec["architecture"]
         model = build_student(arch["spec"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                               input_size=arch["input_size"])
-        model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
     except UserError:
         model = None
     except Exception as err:  # noqa: BLE001
         raise UserError(f"{run_dir}: unreadable student ({type(err).__name__}: {err}); re-run distill") from None
     if model is None:
         try:
-            model = torch.jit.load(str(script_path), map_location="cpu")
+            model = torch.jit.load(str(run_dir / "student.ts"), map_location="cpu")
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{run_dir}: unreadable student.ts ({type(err).__name__}); re-run distill") from None
     return model.eval(), spec

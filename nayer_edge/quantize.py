@@ -1,54 +1,241 @@
-"""``quantize``: INT8 post-training quantization of a distilled student for onnxruntime CPU, calibrated on the
-run's own synthetic samples (no real data), checked against the FP32 model."""
+"""``quantize``: INT8 for a distilled student, with no real data: post-training quantization calibrated on the
+run's synthetic samples (the PTQ baseline), and optionally quantization-aware fine-tuning on the same samples
+with the teacher as the KD target (``qat``). Both are checked on the held-out synthetic samples; the one that
+agrees better with the teacher there is deployed (never selected on real data).
+
+Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; ``quantize_ort``) and
+``tensorrt`` (explicit symmetric Q/DQ; ``qdq_tensorrt``).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 
 from .errors import UserError
 
+Layout = Literal["ort", "tensorrt"]
+DEPLOYED = "student.int8.onnx"
 
-def quantize(run_dir: str | Path, *, out: str | Path | None = None, calibration: int = 512,
-             method: str = "minmax", eval_data: str | Path | None = None) -> dict[str, Any]:
-    """FP32 ONNX (exported if missing) → INT8 QDQ (uint8 activations, per-channel int8 weights), calibrated on
-    ``samples.npz``; parity against FP32 on the held-out synthetic samples, top-1 on ``eval_data`` if given.
 
-        quantize("runs/demo", eval_data="heldout.npz")["int8_accuracy"]
+def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
+             teacher: str | Path | None = None, teacher_options: dict[str, Any] | None = None,
+             calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
+             batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
+             show_progress: bool = False) -> dict[str, Any]:
+    """INT8 ONNX of the student in ``run_dir``; returns paths, parity and (with ``eval_data``) top-1 figures.
+
+    Writes ``student.onnx`` (FP32, if missing), ``student.int8-ptq.onnx``, with ``qat`` also
+    ``student.qat-fp32.onnx`` (the fine-tuned, BN-folded FP32 model) and ``student.int8-qat.onnx``, and a
+    copy of the deployed one at ``out`` (default ``student.int8.onnx``). ``teacher`` defaults to the one
+    recorded in the run's ``config.json``. ``batch`` fixes the exported batch (None: dynamic).
+
+        quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from .export import export, load_student
+    from .export import export, read_student_spec
     from .memory import SampleMemory
-    from .onnx_export import compare_logits, onnx_session, run_session
-    from .quantize_ort import quantize_static_ort
 
     run_dir = Path(run_dir)
-    _, spec = load_student(run_dir)
-    samples, holdout = run_dir / "samples.npz", run_dir / "holdout.npz"
-    if not samples.is_file():
+    spec = read_student_spec(run_dir)
+    if layout not in ("ort", "tensorrt"):
+        raise UserError(f"layout must be 'ort' or 'tensorrt', got {layout!r}")
+    samples_path, holdout_path = run_dir / "samples.npz", run_dir / "holdout.npz"
+    if not samples_path.is_file():
         raise UserError(f"{run_dir}: no samples.npz (the synthetic memory); re-run distill with this nayer-edge")
-    fp32_path = run_dir / "student.onnx"
-    if not fp32_path.is_file():
-        export(run_dir, fp32_path)  # images in [0, 1], dynamic batch
-    images, _ = SampleMemory.load(samples).all()
-    generator = torch.Generator().manual_seed(0)
-    calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
-    int8_path = Path(out) if out else run_dir / "student.int8.onnx"
-    quantize_static_ort(fp32_path, int8_path, calibration_images, calibrate_method=method,
-                        max_calibration=calibration)
-    check_images = SampleMemory.load(holdout).all()[0] if holdout.is_file() else calibration_images
-    fp32_logits = run_session(onnx_session(fp32_path), check_images)
-    int8_logits = run_session(onnx_session(int8_path), check_images)
-    parity = compare_logits(fp32_logits, int8_logits)
-    result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "int8_onnx": str(int8_path), "method": "ptq-ort-qdq-u8s8",
-                              "calibration_samples": int(len(calibration_images)), "parity_vs_fp32": parity.to_dict(),
-                              "fp32_bytes": fp32_path.stat().st_size, "int8_bytes": int8_path.stat().st_size}
+    if calibration < 1:
+        raise UserError(f"calibration must be a positive number of samples, got {calibration}")
+    eval_set = None
     if eval_data is not None:
         from .evaldata import load_eval_data
 
-        x, y = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
-        for name, path in (("fp32_onnx_accuracy", fp32_path), ("int8_accuracy", int8_path)):
-            logits = torch.from_numpy(run_session(onnx_session(path), x))
-            result[name] = (logits.argmax(1) == y).float().mean().item()
+        eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
+    teacher_model = _load_run_teacher(run_dir, teacher, teacher_options) if qat else None
+
+    fp32_path = run_dir / "student.onnx"
+    if not fp32_path.is_file():
+        export(run_dir, fp32_path, batch=batch, opset=opset)  # images in [0, 1]
+    images, _ = SampleMemory.load(samples_path).all()
+    holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
+    generator = torch.Generator().manual_seed(0)
+    calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
+    check_images = holdout if holdout is not None and len(holdout) else calibration_images
+    to_int8 = _int8_writer(layout, method, calibration)
+
+    ptq_path = to_int8(fp32_path, run_dir / "student.int8-ptq.onnx", calibration_images)
+    candidates = {"ptq": ptq_path}
+    qat_report = None
+    if qat:
+        qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, layout=layout, batch=batch,
+                                              opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                                              show_progress=show_progress)
+        candidates["qat"] = to_int8(qat_fp32, run_dir / "student.int8-qat.onnx", calibration_images)
+
+    # One session per model, reused for every check.
+    logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
+    fp32_check = logits["fp32"](check_images)
+    teacher_check = _teacher_logits(teacher_model, check_images) if teacher_model is not None else None
+    from .onnx_export import compare_logits
+
+    result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "layout": layout,
+                              "calibration_samples": int(len(calibration_images)),
+                              "check_samples": "held-out synthetic" if holdout is not None else "calibration",
+                              "fp32_bytes": fp32_path.stat().st_size, "candidates": {}}
+    for name, path in candidates.items():
+        out_check = logits[name](check_images)
+        entry = {"onnx": str(path), "bytes": path.stat().st_size,
+                 "parity_vs_fp32": compare_logits(fp32_check, out_check).to_dict()}
+        if teacher_check is not None:
+            entry["teacher_agreement"] = float((out_check.argmax(1) == teacher_check.argmax(1)).mean())
+            entry["teacher_kl"] = _kl(teacher_check, out_check)
+        result["candidates"][name] = entry
+    if qat_report is not None:
+        result["candidates"]["qat"]["training"] = qat_report
+
+    chosen, reason = _choose(result["candidates"])
+    deployed = Path(out) if out else run_dir / DEPLOYED
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(deployed, Path(candidates[chosen]).read_bytes())
+    result.update({"method": chosen, "selected_by": reason, "int8_onnx": str(deployed),
+                   "int8_bytes": deployed.stat().st_size,
+                   "parity_vs_fp32": result["candidates"][chosen]["parity_vs_fp32"]})
+    if eval_set is not None:
+        x, y = eval_set
+        accuracy = {name: float((torch.from_numpy(run(x)).argmax(1) == y).float().mean()) for name, run in
+                    logits.items()}
+        result["fp32_onnx_accuracy"] = accuracy["fp32"]
+        result["ptq_int8_accuracy"] = accuracy["ptq"]
+        result["qat_int8_accuracy"] = accuracy.get("qat")
+        result["int8_accuracy"] = accuracy[chosen]
     return result
+
+
+def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """QAT unless PTQ agrees better with the teacher on held-out synthetic samples (ties go to QAT)."""
+    if "qat" not in candidates:
+        return "ptq", "post-training quantization only (QAT off)"
+    qat, ptq = candidates["qat"], candidates["ptq"]
+    if (ptq["teacher_agreement"], -ptq["teacher_kl"]) > (qat["teacher_agreement"], -qat["teacher_kl"]):
+        return "ptq", ("PTQ agrees better with the teacher on held-out synthetic samples "
+                       f"({ptq['teacher_agreement']:.2%} vs QAT {qat['teacher_agreement']:.2%})")
+    return "qat", ("QAT agrees with the teacher on held-out synthetic samples at least as well as PTQ "
+                   f"({qat['teacher_agreement']:.2%} vs {ptq['teacher_agreement']:.2%})")
+
+
+def _int8_writer(layout: Layout, method: str, calibration: int) -> Callable[[Path, Path, torch.Tensor], Path]:
+    if layout == "ort":
+        from .quantize_ort import quantize_static_ort
+
+        return lambda src, dst, images: quantize_static_ort(src, dst, images, calibrate_method=method,
+                                                            max_calibration=calibration)
+    from .qdq_tensorrt import quantize_tensorrt
+
+    return lambda src, dst, images: quantize_tensorrt(src, dst, images, max_calibration=calibration)
+
+
+class _Runner:
+    """One onnxruntime session, run in chunks."""
+
+    def __init__(self, path: Path):
+        from .onnx_export import onnx_session
+
+        self.session = onnx_session(path)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        from .onnx_export import run_session
+
+        return run_session(self.session, x)
+
+
+def _load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[str, Any] | None) -> Any:
+    from .teacher import load_teacher
+
+    options = dict(options or {})
+    if teacher is None:
+        recorded = {}
+        try:
+            recorded = json.loads((run_dir / "config.json").read_text())["teacher"]
+        except (OSError, ValueError, KeyError):
+            pass
+        if not recorded.get("path"):
+            raise UserError(f"{run_dir}: no teacher recorded in config.json; give the teacher with --teacher")
+        teacher = recorded["path"]
+        for key in ("arch", "classes", "input_shape", "mean", "std"):
+            if options.get(key) is None and recorded.get(key) is not None:
+                options[key] = recorded[key]
+    return load_teacher(teacher, **options)
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: Any, images01: torch.Tensor, batch: int = 256) -> np.ndarray:
+    teacher.model.eval()
+    return torch.cat([teacher(images01[i:i + batch].float()) for i in range(0, len(images01), batch)]).numpy()
+
+
+def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    from .losses import kd_divergence
+
+    return float(kd_divergence(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
+
+
+def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, layout: Layout,
+                   batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
+                   show_progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
+    from .export import load_student
+    from .normalize import NormalizedModel
+    from .onnx_export import check_parity, export_onnx
+    from .qat import QAT_TOOL_DECISION, finetune_qat
+
+    if list(teacher.spec.input_shape) != list(spec["input_shape"]):
+        raise UserError(f"the teacher takes {list(teacher.spec.input_shape)} but the student takes "
+                        f"{spec['input_shape']}; give the teacher this run was distilled from")
+    config = _run_config(run_dir)
+    student, _ = load_student(run_dir)
+    if isinstance(student, torch.jit.ScriptModule):
+        raise UserError(f"{run_dir}: the student's architecture cannot be rebuilt here (only TorchScript); "
+                        "QAT needs it: make its factory importable, or use --no-qat")
+    teacher_logits = torch.from_numpy(_teacher_logits(teacher, images))
+    epochs = qat_epochs if qat_epochs is not None else config.qat_epochs
+    lr = qat_lr if qat_lr is not None else config.qat_lr
+
+    progress = None
+    if show_progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]QAT ({task.fields[layout]})"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        task = progress.add_task("qat", total=None, layout=layout)
+        progress.start()
+    try:
+        model, report = finetune_qat(
+            student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=layout, epochs=epochs,
+            lr=lr, batch=config.qat_batch, temperature=config.temperature, seed=config.seed,
+            on_step=(lambda done, total: progress.update(task, completed=done, total=total)) if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    shape = tuple(spec["input_shape"])
+    path = export_onnx(model, run_dir / "student.qat-fp32.onnx", input_shape=shape, mean=spec["mean"],
+                       std=spec["std"], fold_normalization=True, batch=batch, opset=opset, classes=spec["classes"])
+    probe = torch.rand(batch or 64, *shape, generator=torch.Generator().manual_seed(0))
+    check_parity(path, NormalizedModel(model, spec["mean"], spec["std"]).eval(), probe)
+    return path, {**report.to_dict(), "epochs": epochs, "lr": lr, "tool": QAT_TOOL_DECISION}
+
+
+def _run_config(run_dir: Path) -> Any:
+    from .config import DistillConfig
+    from .strict import from_dict
+
+    try:
+        data = json.loads((run_dir / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return DistillConfig()
+    known = set(DistillConfig.__dataclass_fields__)
+    return from_dict(DistillConfig, {k: v for k, v in data.items() if k in known}, where=f"{run_dir}/config.json")
+

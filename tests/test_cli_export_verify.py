@@ -68,3 +68,37 @@ def test_quantize_int8_close_to_fp32(distilled, digits_teacher):
                        report["fp32_onnx"], "--json")
     assert verified.returncode == 0, verified.stderr[-2000:]
     assert json.loads(verified.stdout)["accuracy"] == pytest.approx(report["int8_accuracy"], abs=1e-6)
+
+
+def test_quantize_qat_for_tensorrt_writes_symmetric_qdq(distilled, digits_teacher):
+    import onnx
+    from onnx import numpy_helper
+
+    run_dir, _ = distilled
+    out = run_dir / "trt.int8.onnx"
+    result = run_cli("quantize", str(run_dir), "--layout", "tensorrt", "--qat", "--out", str(out),
+                     "--eval-data", str(digits_teacher.eval_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert set(report["candidates"]) == {"ptq", "qat"} and report["method"] in ("ptq", "qat")
+    assert report["int8_accuracy"] == report[f"{report['method']}_int8_accuracy"]
+    training = report["candidates"]["qat"]["training"]
+    assert training["steps"] > 0 and training["layout"] == "tensorrt"
+    for name in ("student.int8-ptq.onnx", "student.int8-qat.onnx", "student.qat-fp32.onnx"):
+        assert (run_dir / name).is_file(), name
+    graph = onnx.load(str(out)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(not inits[n.input[2]].any() for n in qdq)  # every zero point is 0
+    assert abs(report["int8_accuracy"] - report["fp32_onnx_accuracy"]) <= 0.05, report
+
+
+def test_quantize_qat_without_a_recorded_teacher_is_clear(distilled, tmp_path):
+    import shutil
+
+    run_dir, _ = distilled
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "config.json").write_text("{}")
+    result = run_cli("quantize", str(copy), "--qat")
+    assert result.returncode == 2 and "--teacher" in result.stderr and "Traceback" not in result.stderr

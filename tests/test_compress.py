@@ -37,7 +37,7 @@ def test_compress_failing_latency_gate_exits_1(digits_teacher, tmp_path):
 
 
 def test_compress_rejects_what_it_cannot_do_yet(digits_teacher, tmp_path):
-    for extra in (["--target", "jetson"], ["--qat"], ["--target", "cpu-x86s"]):
+    for extra in (["--target", "jetson"], ["--qat", "--precision", "fp32"], ["--target", "cpu-x86s"]):
         result = run_cli("compress", str(digits_teacher.path), "--out", str(tmp_path / "x"), *extra, *FAST)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,145 @@
+"""Quantization-aware fine-tuning: BN folding is exact, the fake quantization simulates the INT8 graph the
+runtime really runs (onnxruntime's U8S8 QDQ and the TensorRT-style symmetric Q/DQ), and fine-tuning
+lowers the KD loss through it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+
+from nayer_edge.errors import UserError  # noqa: E402
+from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
+from nayer_edge.qat import (  # noqa: E402
+    ActivationQuantizer,
+    calibrate,
+    finetune_qat,
+    fold_batchnorm,
+    prepare_qat,
+    set_quantization,
+)
+from nayer_edge.qdq_tensorrt import quantize_tensorrt  # noqa: E402
+from nayer_edge.quantize_ort import quantize_static_ort  # noqa: E402
+from nayer_edge.zoo import create_model  # noqa: E402
+
+
+def _with_bn_statistics(model: nn.Module, shape: tuple[int, int, int]) -> nn.Module:
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(32, *shape) * 2 - 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["cnn_tiny", "resnet18", "mobilenetv2"])
+def test_folding_batchnorm_keeps_outputs(name):
+    shape = (3, 32, 32)
+    model = _with_bn_statistics(create_model(name, num_classes=10, in_channels=3, input_size=32), shape)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    x = torch.rand(8, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())  # original untouched
+
+
+def test_quantizers_off_is_the_folded_fp32_model():
+    model = _with_bn_statistics(create_model("resnet18", num_classes=10, in_channels=3, input_size=32), (3, 32, 32))
+    for layout in ("ort", "tensorrt"):
+        gm = prepare_qat(model, layout)
+        quantizers = [m for m in gm.modules() if isinstance(m, ActivationQuantizer)]
+        assert quantizers and all(q.symmetric == (layout == "tensorrt") for q in quantizers)
+        x = torch.rand(4, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def _simulation_vs_runtime(layout: str, tmp_path):
+    """Logits of the fake-quantized torch model and of the ONNX INT8 model onnxruntime runs, same inputs."""
+    shape = (3, 16, 16)
+    model = _with_bn_statistics(create_model("cnn_small", num_classes=10, in_channels=3, input_size=16), shape)
+    gen = torch.Generator().manual_seed(1)
+    calibration = torch.rand(128, *shape, generator=gen)
+    test = torch.rand(64, *shape, generator=gen)
+    gm = prepare_qat(model, layout)
+    calibrate(gm, calibration)
+    with torch.no_grad():
+        simulated = gm(test).numpy()
+    set_quantization(gm, "off")
+    fp32 = export_onnx(gm, tmp_path / "fp32.onnx", input_shape=shape)
+    writer = quantize_static_ort if layout == "ort" else quantize_tensorrt
+    int8 = writer(fp32, tmp_path / "int8.onnx", calibration.numpy())
+    runtime = run_session(onnx_session(int8), test.numpy())
+    with torch.no_grad():
+        float_logits = gm(test).numpy()
+    return simulated, runtime, float_logits
+
+
+def test_tensorrt_simulation_matches_the_qdq_graph(tmp_path):
+    simulated, runtime, float_logits = _simulation_vs_runtime("tensorrt", tmp_path)
+    # Same scales, same rounding: the simulation is the Q/DQ graph up to float summation order. That order
+    # moves an occasional activation across a rounding boundary (one step, then propagated), so many
+    # samples match bit for bit and the rest closely; a wrong scale, zero point or axis matches none.
+    difference = np.abs(simulated - runtime)
+    assert (difference.max(1) <= 1e-7).mean() >= 0.25
+    assert difference.mean() < 0.3 * np.abs(float_logits - runtime).mean()
+
+
+def test_ort_simulation_tracks_onnxruntime_int8(tmp_path):
+    simulated, runtime, float_logits = _simulation_vs_runtime("ort", tmp_path)
+    sim_vs_runtime = compare_logits(runtime, simulated)
+    float_vs_runtime = compare_logits(runtime, float_logits)
+    # onnxruntime rewrites the graph (Relu absorbed, normalisation not fused), so the simulation is close,
+    # not exact; it must be closer to what onnxruntime computes than the float model is.
+    assert sim_vs_runtime.cosine_similarity >= 0.999
+    assert sim_vs_runtime.mean_abs_error < float_vs_runtime.mean_abs_error
+
+
+def test_finetuning_lowers_the_quantized_kd_loss(digits_teacher, tmp_path):
+    from conftest import train_and_save
+
+    from nayer_edge.digits import load_digits_split
+    from nayer_edge.losses import kd_divergence
+    from nayer_edge.teacher import load_teacher
+
+    teacher = load_teacher(digits_teacher.path)
+    x_train = load_digits_split()[0][:512]
+    with torch.no_grad():
+        teacher_logits = teacher(x_train)
+    student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
+    train_and_save(student, (1, 16, 16), tmp_path, epochs=1)  # a weak student: room to learn from the teacher
+    normalised = (x_train - 0.5) / 0.5
+
+    def quantized_loss(module: nn.Module) -> float:
+        gm = prepare_qat(module, "ort")
+        calibrate(gm, normalised)
+        with torch.no_grad():
+            return float(kd_divergence(gm(normalised), teacher_logits, 4.0))
+
+    before = quantized_loss(student)
+    tuned, report = finetune_qat(student, x_train, teacher_logits, mean=[0.5], std=[0.5], layout="ort", epochs=6,
+                                 lr=0.05, batch=64, temperature=4.0)
+    assert report.steps == 48 and report.final_loss < report.initial_loss
+    assert quantized_loss(tuned) < 0.8 * before, (quantized_loss(tuned), before)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tuned.modules())
+
+
+def test_untraceable_student_is_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                return self.conv(x).mean((2, 3))
+            return self.conv(-x).mean((2, 3))
+
+    with pytest.raises(UserError, match="no-qat"):
+        prepare_qat(Branchy(), "ort")
+    with pytest.raises(UserError, match="layout"):
+        prepare_qat(create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16), "tflite")
