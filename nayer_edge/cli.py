@@ -139,6 +139,7 @@ def distill(
 
 class Precision(str, Enum):
     fp32 = "fp32"
+    fp16 = "fp16"
     int8 = "int8"
 
 
@@ -255,12 +256,32 @@ def export_command(
     fold_normalization: Annotated[bool, typer.Option("--fold-normalization/--no-fold-normalization",
                                                      help="Take images in [0, 1] and normalise inside the graph.")] = True,
     opset: Annotated[int, typer.Option("--opset")] = 17,
+    target: Annotated[Optional[str], typer.Option("--target", help="Build everything for a target instead: its precision (INT8 after QAT), gates, report, and for TensorRT targets the deploy bundle.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="With --target; default: the target's.")] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="With --target: quantization-aware fine-tuning [default: on for INT8].")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="With --target: labelled real data for the accuracy gate and the bundle.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="With --target, for QAT [default: the one in RUN_DIR/config.json].")] = None,
+    trust_pickle: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime."""
+    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime (or, with --target, deploy it)."""
     from .export import export
     from .onnx_export import ParityError
 
+    if target is not None:
+        from .compress import deploy
+
+        metrics = deploy(run_dir, target=target, eval_data=eval_data, precision=precision.value if precision else None,
+                         qat=qat, teacher=teacher, trust_pickle=trust_pickle,
+                         show_progress=not as_json or sys.stderr.isatty())
+        if as_json:
+            print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+        else:
+            _print_deployment(metrics)
+        if not metrics["passed"]:
+            err_console.print("gate failed: " + ", ".join(g["name"] for g in metrics["gates"] if not g["passed"]))
+            raise typer.Exit(1)
+        return
     try:
         result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
                         opset=opset)
@@ -313,9 +334,30 @@ def quantize_command(
                       f"{result['ptq_int8_accuracy']:.2%}{qat_part}")
 
 
+def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[Path],
+                   max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool) -> None:
+    from .bundle import verify_bundle
+
+    if reference is not None or max_accuracy_drop is not None:
+        raise UserError("a bundle carries its own reference outputs and accuracy budget: drop --reference and "
+                        "--max-accuracy-drop")
+    if eval_data is not None and not eval_data.is_dir():
+        raise UserError(f"{eval_data}: for a bundle, --eval-data is an image folder (one sub-folder per class)")
+    result = verify_bundle(bundle, labelled=eval_data, max_latency_ms=max_latency_ms, json=as_json)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for line in result.get("summary", []):
+            console.print(line, markup=False, highlight=False)
+    failed = [g["name"] for g in result.get("gates", []) if not g.get("passed")]
+    if failed or not result.get("passed"):
+        err_console.print(f"gate failed: {', '.join(failed) or 'check'}")
+        raise typer.Exit(1)
+
+
 @app.command("verify")
 def verify_command(
-    model: Annotated[Path, typer.Argument(help="An ONNX model.")],
+    model: Annotated[Path, typer.Argument(help="An ONNX model, or a deploy bundle folder (checks it as the device would, through onnxruntime).")],
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data (.npz or image folder).")] = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference model: .onnx, TorchScript, or a distill folder.")] = None,
     batch: Annotated[int, typer.Option("--batch")] = 32,
@@ -323,9 +365,12 @@ def verify_command(
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at --batch.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy, parity and latency of an ONNX model, with pass/fail gates (exit 1 when a gate fails)."""
+    """Accuracy, parity and latency of an ONNX model or a bundle, with pass/fail gates (exit 1 when a gate fails)."""
     from .verify import verify
 
+    if model.is_dir() and (model / "manifest.json").is_file():
+        _verify_bundle(model, eval_data, reference, max_accuracy_drop, max_latency_ms, as_json)
+        return
     result = verify(model, eval_data=eval_data, reference=reference, batch=batch,
                     max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
     if as_json:

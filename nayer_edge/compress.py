@@ -1,10 +1,12 @@
-"""``compress``: the release job for an onnxruntime target: distill → FP32 ONNX → INT8 → verify with gates,
-and a report a person can read."""
+"""``compress``: the release job: distill → ONNX at the target's precision (INT8 after QAT on the synthetic samples,
+FP16, FP32) → verify with gates → a report a person can read, and for a TensorRT target the deploy bundle.
+``deploy`` is the same job on an existing distill folder."""
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,50 +28,121 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                           eval_data="heldout.npz")
     """
     from .distill import distill
-    from .export import export
+
+    plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
+    metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
+                      cache_dir=cache_dir, **teacher_options)
+    return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
+                   eval_data=eval_data, show_progress=show_progress)
+
+
+def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
+           qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
+           teacher: str | Path | None = None, show_progress: bool = False, **teacher_options: Any) -> dict[str, Any]:
+    """Every stage after distillation, on an existing ``nayer-edge distill`` folder: ONNX for the target's
+    precision (INT8 with QAT, FP16, FP32), verification with gates, the report, and for a TensorRT target the
+    deploy bundle. The teacher (for QAT) defaults to the one recorded in the run.
+
+        deploy("runs/digits", target="jetson", eval_data="heldout.npz")["bundle"]["archive"]
+    """
+    from .export import read_student_spec
+
+    run_dir = Path(run_dir)
+    read_student_spec(run_dir)
+    plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
+    return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
+                   show_progress=show_progress)
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What to build for a target, resolved and validated before any work starts."""
+
+    target: Any
+    precision: str
+    qat: bool
+    max_accuracy_drop: float | None
+    max_latency_ms: float | None
+
+    @property
+    def on_device(self) -> bool:
+        return self.target.runtime == "tensorrt"
+
+
+def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max_accuracy_drop: float | None,
+                    max_latency_ms: float | None, has_eval_data: bool) -> DeploymentPlan:
+    """Resolve the target's defaults; raise UserError for a combination the target cannot do."""
     from .targets import load_target
-    from .verify import verify
 
     spec = load_target(target)
-    if spec.runtime != "onnxruntime":
-        raise UserError(f"target '{spec.name}' runs TensorRT, whose bundle is not built yet; "
-                        "use an onnxruntime target (nayer-edge targets)")
     precision = precision or spec.precision
-    if precision not in ("fp32", "int8"):
-        raise UserError(f"precision {precision} is not available on {spec.name} (onnxruntime CPU): use fp32 or int8")
+    available = ("fp32", "int8") if spec.runtime == "onnxruntime" else ("fp32", "fp16", "int8")
+    if precision not in available:
+        raise UserError(f"precision {precision} is not available on {spec.name} ({spec.runtime}): "
+                        f"use {' or '.join(available)}")
     if qat and precision != "int8":
         raise UserError(f"--qat fine-tunes for INT8, but the precision is {precision}; use --precision int8 or --no-qat")
     qat = precision == "int8" if qat is None else qat
     max_accuracy_drop = spec.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
     max_latency_ms = spec.max_latency_ms if max_latency_ms is None else max_latency_ms
-    if eval_data is None:
+    if not has_eval_data:
         max_accuracy_drop = None  # nothing to measure it on; reported as skipped
+    if spec.runtime == "tensorrt":
+        import onnx  # noqa: F401 - fail before distilling when the bundle could not be written
+    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms)
 
-    out_dir = Path(out_dir)
-    metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
-                      cache_dir=cache_dir, **teacher_options)
+
+def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
+            teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool) -> dict[str, Any]:
+    from .export import export
+    from .verify import verify
+
+    spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
+    max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
     exported = export(out_dir, out_dir / "student.onnx", batch=batch, opset=spec.opset)
-    gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": max_latency_ms}
+    # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
+    gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": None if on_device else max_latency_ms}
     int8: dict[str, Any] | None = None
     if precision == "int8":
         from .quantize import quantize
 
-        int8 = quantize(out_dir, layout="ort", qat=qat, teacher=teacher, teacher_options=teacher_options,
-                        eval_data=eval_data, batch=batch, opset=spec.opset, show_progress=show_progress)
-        results = {"fp32": verify(exported["onnx"], eval_data=eval_data, batch=spec.batch),
-                   "int8": verify(int8["int8_onnx"], eval_data=eval_data, reference=exported["onnx"],
-                                  batch=spec.batch, **gates)}
+        int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
+                        teacher=teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
+                        opset=spec.opset, show_progress=show_progress)
         deployed = int8["int8_onnx"]
+    elif precision == "fp16":
+        from .fp16 import to_fp16
+
+        deployed = str(to_fp16(exported["onnx"], out_dir / "student.fp16.onnx"))
     else:
-        results = {"fp32": verify(exported["onnx"], eval_data=eval_data, reference=out_dir, batch=spec.batch,
-                                  **gates)}
         deployed = exported["onnx"]
+    if precision == "fp32":
+        results = {"fp32": verify(deployed, eval_data=eval_data, reference=out_dir, batch=spec.batch, **gates)}
+    else:
+        results = {"fp32": verify(exported["onnx"], eval_data=eval_data, batch=spec.batch),
+                   precision: verify(deployed, eval_data=eval_data, reference=exported["onnx"], batch=spec.batch,
+                                     **gates)}
+    bundle = _bundle(out_dir, deployed, spec, precision, teacher, eval_data, results["fp32"].accuracy,
+                     max_accuracy_drop, max_latency_ms) if on_device else None
     final = results[precision]
+    final_gates = list(final.gates)
+    if bundle is not None:
+        from .verify import Gate
+
+        failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
+        final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
     candidates = int8["candidates"] if int8 else {}
     metrics.update({
         "target": spec.name, "precision": precision, "qat": bool(int8 and "qat" in candidates),
         "fp32_onnx_accuracy": results["fp32"].accuracy,
+        "fp16_accuracy": results["fp16"].accuracy if "fp16" in results else None,
         "int8_accuracy": results["int8"].accuracy if int8 else None,
         "ptq_int8_accuracy": int8.get("ptq_int8_accuracy") if int8 else None,
         "qat_int8_accuracy": int8.get("qat_int8_accuracy") if int8 else None,
@@ -81,12 +154,21 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                            "p99_ms": r.latency.p99_ms, "mean_ms": r.latency.mean_ms, "cv": r.latency.cv,
                            "throughput": r.latency.throughput, "batch": r.latency.batch}
                     for name, r in results.items()},
-        "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {})},
-        "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in final.gates],
-        "passed": final.passed,
+        "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {}),
+                        **({"fp16": Path(deployed).stat().st_size} if precision == "fp16" else {})},
+        "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in final_gates],
+        "passed": all(g.passed for g in final_gates),
+        "runtime": spec.runtime,
+        "bundle": None if bundle is None else {"dir": bundle["bundle_dir"], "archive": bundle["archive"],
+                                               "host_check": {k: bundle["check"].get(k) for k in
+                                                              ("passed", "backend", "parity", "accuracy", "gates")}},
         "deployed_model": str(deployed),
     })
     metrics["artifacts"].update({"student.onnx": exported["onnx"], "report.md": str(out_dir / "report.md")})
+    if bundle is not None:
+        metrics["artifacts"].update({"bundle": bundle["bundle_dir"], "bundle.tar.gz": bundle["archive"]})
+    if precision == "fp16":
+        metrics["artifacts"]["student.fp16.onnx"] = deployed
     if int8:
         metrics["artifacts"]["student.int8.onnx"] = deployed
         metrics["artifacts"].update({Path(c["onnx"]).name: c["onnx"] for c in candidates.values()})
@@ -95,6 +177,26 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / "report.md", render_report(metrics, spec.name))
     return metrics
+
+
+def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: str | Path | None, eval_data: Any,
+            fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None
+            ) -> dict[str, Any]:
+    """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
+    from .bundle import make_bundle, verify_bundle
+    from .export import read_student_spec
+    from .memory import SampleMemory
+
+    student = read_student_spec(out_dir)
+    holdout = out_dir / "holdout.npz"
+    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / "samples.npz").all()[0]
+    made = make_bundle(deployed, out_dir / "bundle", target=spec, classes=student["classes"],
+                       input_shape=student["input_shape"], mean=student["mean"], std=student["std"],
+                       input_convention="images01", reference_images=images[:64].float(), precision=precision,
+                       eval_data=eval_data, teacher_path=teacher, run_dir=out_dir, expected_accuracy=fp32_accuracy,
+                       max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
+    made["check"] = verify_bundle(made["bundle_dir"], measure_latency=False)
+    return made
 
 
 def render_report(metrics: dict[str, Any], target: str) -> str:
@@ -113,6 +215,8 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
     if metrics["int8_accuracy"] is not None:
         lines.append(f"| student, ONNX INT8 deployed ({metrics['int8_method'].upper()}) | {pct(metrics['int8_accuracy'])} | "
                      f"{metrics['model_bytes']['int8']:,} B |")
+    if metrics["precision"] == "fp16":
+        lines.append(f"| student, ONNX FP16 | {pct(metrics.get('fp16_accuracy'))} | {metrics['model_bytes']['fp16']:,} B |")
     if metrics.get("int8_candidates"):
         lines += ["", "### INT8: post-training quantization vs quantization-aware fine-tuning", "",
                   "Both calibrated on the run's synthetic samples; neither saw real data. The deployed one is chosen "
@@ -131,7 +235,8 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
                          f"{training['quantizers']} activation quantizers; KD loss {training['initial_loss']:.4f} → "
                          f"{training['final_loss']:.4f}.")
     lines += ["", f"ONNX FP32 vs PyTorch: max abs error {metrics['onnx_max_abs_error']:.2e}.", "",
-              "## Latency (onnxruntime CPU, after warm-up)", "",
+              "## Latency (onnxruntime CPU, after warm-up)" + (" on this host, not the device" if metrics.get("bundle")
+                                                              else ""), "",
               "| precision | batch | p50 ms | p90 ms | p99 ms | images/s |", "|---|---:|---:|---:|---:|---:|"]
     for name, lat in metrics["latency"].items():
         lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
@@ -139,6 +244,20 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
     lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
     lines += [f"| {g['name']} | {g['limit']:.4g} | {g['value']:.4g} | {'pass' if g['passed'] else '**FAIL**'} |"
               for g in metrics["gates"]] or ["| (none configured) | | | |"]
+    if metrics.get("bundle"):
+        bundle = metrics["bundle"]
+        check = bundle["host_check"]
+        lines += ["", "## Deploy bundle", "",
+                  f"`{Path(bundle['dir']).name}/` and `{Path(bundle['archive']).name}`: the ONNX, `manifest.json` (sha256 "
+                  "of every file), labels, reference inputs and outputs, a DeepStream nvinfer config, the device "
+                  "scripts and a README with the exact commands.", "",
+                  f"Checked here with the bundle's own `scripts/check.py --backend onnxruntime`: "
+                  f"**{'pass' if check['passed'] else 'FAIL'}**"
+                  + (f" (lowest parity cosine {check['parity']['min_cosine']:.4f}, top-1 agreement "
+                     f"{check['parity']['top1_agreement']:.2%})" if isinstance(check.get("parity"), dict) else "") + ".",
+                  "The TensorRT check (engine build, parity, accuracy, latency) runs on the device: "
+                  "`python3 scripts/build_engine.py` then `python3 scripts/check.py --backend tensorrt` "
+                  "(see the bundle's README)."]
     lines += ["", "## Synthetic samples and training", "", "![samples](samples.png)", "", "![curves](curves.png)", "",
               f"{metrics['epochs']} epochs in {metrics['distill_seconds']:.0f} s ({metrics['stopped_by']}); "
               f"{metrics['synthetic_samples']:,} synthetic samples generated, {metrics['memory_samples']:,} kept.", "",

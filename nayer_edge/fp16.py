@@ -1,0 +1,40 @@
+"""FP16 ONNX for GPU targets: a float16-typed graph, as TensorRT's strongly typed networks need (TensorRT 11 has
+no FP16 builder flag; the precision comes from the tensor types). Converted with onnxruntime's own
+``onnxruntime.transformers.float16`` converter; graph input and output stay float32 (a Cast at each end), so
+callers feed and read float32 exactly as with the FP32 model.
+
+    to_fp16("student.onnx", "student.fp16.onnx")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+from .errors import MissingDependencyError, UserError
+
+
+def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write a float16 copy of ``fp32_onnx`` (float32 input/output) to ``out`` atomically; return its path."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise MissingDependencyError("onnx", "onnxruntime") from None
+    src = Path(fp32_onnx)
+    if not src.is_file():
+        raise UserError(f"{src}: no such ONNX file; export one with `nayer-edge export`")
+    try:
+        model = onnx.load(str(src))
+    except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
+        raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise UserError(f"{src} is quantized; convert the FP32 model to FP16")
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    entry = converted.metadata_props.add()
+    entry.key, entry.value = "nayer_edge.precision", "fp16"
+    onnx.checker.check_model(converted)
+    dest = Path(out)
+    atomic_write_bytes(dest, converted.SerializeToString())
+    return dest
