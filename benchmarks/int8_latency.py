@@ -28,13 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def build_trt_style(fp32_path: Path, out: Path, calibration: np.ndarray) -> Path:
-    """Symmetric weight-and-input-only Q/DQ (TensorRT layout): the library's ``quantize_tensorrt``."""
-    from nayer_edge.qdq_tensorrt import quantize_tensorrt
-
-    return quantize_tensorrt(fp32_path, out, calibration)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -53,6 +46,7 @@ def main() -> None:
     from nayer_edge.atomic import atomic_write_text
     from nayer_edge.latency import onnx_latency
     from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
+    from nayer_edge.qdq_tensorrt import quantize_tensorrt
     from nayer_edge.quantize_ort import int8_node_summary, quantize_static_ort
     from nayer_edge.zoo import create_model
 
@@ -91,7 +85,7 @@ def main() -> None:
                                                                               "WeightSymmetric": True}),
         "ort-qdq-u8s8-nopre": quantize_static_ort(fp32, work / "resnet18.ort-u8s8-nopre.onnx", calib,
                                                   batch=args.batch, preprocess=False),
-        "trt-sym-inputs": build_trt_style(fp32, work / "resnet18.trt-sym-inputs.onnx", calib),
+        "trt-sym-inputs": quantize_tensorrt(fp32, work / "resnet18.trt-sym-inputs.onnx", calib, batch=args.batch),
     }
     # The dynamic-batch export quantizes the same way (calibration batches of --batch).
     quantize_static_ort(fp32_dyn, work / "resnet18.ort-u8s8.dynamic.onnx", calib, batch=args.batch)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .errors import MissingDependencyError, UserError
+from .onnx_graph import set_metadata, topological_order
 
 
 def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
@@ -32,8 +33,12 @@ def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise UserError(f"{src} is quantized; convert the FP32 model to FP16")
     converted = convert_float_to_float16(model, keep_io_types=True)
-    entry = converted.metadata_props.add()
-    entry.key, entry.value = "nayer_edge.precision", "fp16"
+    graph = converted.graph
+    # The converter appends its input/output Casts at the end of the node list; the checker wants order.
+    ordered = topological_order(list(graph.node), {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    del graph.node[:]
+    graph.node.extend(ordered)
+    set_metadata(converted, "nayer_edge.precision", "fp16")
     onnx.checker.check_model(converted)
     dest = Path(out)
     atomic_write_bytes(dest, converted.SerializeToString())

@@ -30,6 +30,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import MissingDependencyError, UserError
+from .onnx_graph import set_metadata, topological_order
 
 WEIGHT_OPS = ("Conv", "Gemm")
 MIN_OPSET = 13
@@ -101,14 +102,14 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
                     node.input[k] = dequantized[name]
 
     available = {i.name for i in graph.input} | set(initializers) | {t.name for t in new_initializers}
-    ordered = _topological_order(list(graph.node) + new_nodes, available)
+    ordered = topological_order(list(graph.node) + new_nodes, available)
     del graph.node[:]
     graph.node.extend(ordered)
     used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + new_initializers)
-    _set_metadata(model, "nayer_edge.quantization", "int8-qdq-tensorrt-symmetric")
+    set_metadata(model, "nayer_edge.quantization", "int8-qdq-tensorrt-symmetric")
     onnx.checker.check_model(model)
     dest = Path(out)
     atomic_write_bytes(dest, model.SerializeToString())
@@ -165,28 +166,3 @@ def _calibrate_amax(src: Path, names: list[str], images: np.ndarray, batch: int)
             for name, value in zip(names, session.run(names, {inp.name: chunk})):
                 amax[name] = max(amax[name], float(np.abs(value).max()))
     return amax
-
-
-def _topological_order(nodes: list[Any], available: set[str]) -> list[Any]:
-    ready, ordered, pending = set(available), [], list(nodes)
-    while pending:
-        waiting = []
-        for node in pending:
-            if all(not n or n in ready for n in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                waiting.append(node)
-        if len(waiting) == len(pending):
-            raise UserError("the ONNX graph has a cycle or an undefined input; re-export it")
-        pending = waiting
-    return ordered
-
-
-def _set_metadata(model: Any, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value

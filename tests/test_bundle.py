@@ -35,12 +35,9 @@ SHAPE = (1, 16, 16)
 
 
 def _build_trt_style(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from int8_latency import build_trt_style
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return build_trt_style(fp32, out, calibration)
+    from nayer_edge.qdq_tensorrt import quantize_tensorrt
+
+    return quantize_tensorrt(fp32, out, calibration)
 
 
 @pytest.fixture(scope="module")
