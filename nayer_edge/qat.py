@@ -18,7 +18,7 @@ Steps (``finetune_qat``):
 4. The result is a plain FP32 module (fake quantizers switched off, BN folded) that the ONNX quantizer
    then calibrates on the same samples, so the deployed INT8 graph is what QAT trained for.
 
-Why hand-written rather than NVIDIA Model Optimizer: see ``QAT_TOOL_DECISION``.
+Why hand-written rather than NVIDIA Model Optimizer: see the note above ``QAT_TOOL_DECISION``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ from .losses import kd_divergence
 
 Layout = Literal["ort", "tensorrt"]
 
-QAT_TOOL_DECISION = (
-    "hand-written torch.fx fake quantization; NVIDIA Model Optimizer was measured and not used "
-    "(see BENCHMARKS.md, 'QAT tooling')")
+# Measured (BENCHMARKS.md §5, benchmarks/qat_tooling_modelopt.py): nvidia-modelopt 0.47 runs QAT on CPU, but
+# it does not fold BatchNorm, exports float weights with full-range [-128, 127] Q/DQ (narrow range fails to
+# export), has no layout onnxruntime fuses (its INT8 ONNX ran 2.1x slower than FP32 there), and adds ~120 MB
+# of dependencies. Both layouts we need are a few lines of torch.fx on top of torch's own fake-quant ops.
+QAT_TOOL_DECISION = "hand-written torch.fx fake quantization (nvidia-modelopt measured and not used: BENCHMARKS.md §5)"
 
 _PASS_THROUGH_MODULES = (nn.Identity, nn.Flatten, nn.Dropout)
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
