@@ -68,7 +68,14 @@ class DistillConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        import math
+
         from .errors import UserError
+
+        for name, value in vars(self).items():
+            # NaN slips through every comparison below ("nan <= 0" is false), inf through most.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"config: {name} must be a finite number, got {value}")
 
         positive = ("epochs", "rounds_per_epoch", "g_steps", "g_life", "synthesis_batch", "noisy_dim",
                     "kd_batch", "memory_capacity", "ngf")

@@ -79,6 +79,18 @@ def save_npz(path: str | os.PathLike[str], x: Tensor | np.ndarray, y: Tensor | n
 
 def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
     try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        raise UserError(f"{p}: cannot read ({err.strerror or err})") from None
+    if head == b"\x93NUMPY":
+        raise UserError(f"{p}: is a single .npy array; save images and labels together with "
+                        "numpy.savez(path, x=images, y=labels)")
+    if not head.startswith(b"PK"):
+        what = "the file is empty" if not head else "not a zip archive"
+        raise UserError(f"{p}: not a readable .npz file ({what}); save images and labels with "
+                        "numpy.savez(path, x=images, y=labels) or pass an image folder")
+    try:
         with np.load(p, allow_pickle=False) as data:
             keys = list(data.keys())
             missing = [k for k in ("x", "y") if k not in keys]
@@ -90,6 +102,11 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
             x_np, y_np = data["x"], data["y"]
     except UserError:
         raise
+    except ValueError as err:
+        if "Object arrays" in str(err) or "pickled" in str(err):
+            raise UserError(f"{p}: holds Python objects, which are not loaded (they could run code); "
+                            "save x and y as numeric arrays") from None
+        raise UserError(f"{p}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else err})") from None
     except Exception as err:  # noqa: BLE001 - numpy raises many types for a bad file
         raise UserError(f"{p}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else err})") from None
 
@@ -116,6 +133,9 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
         if x_np.ndim != 4:
             raise UserError(f"{p}: float x has shape {x_np.shape}; expected N×C×H×W in [0, 1]")
         x = torch.from_numpy(np.ascontiguousarray(x_np)).float()
+        if x.numel() == 0:
+            raise UserError(f"{p}: x has shape {x_np.shape}: images with no pixels; expected N×C×H×W in [0, 1] "
+                            "with C, H, W at least 1")
         if not torch.isfinite(x).all():
             raise UserError(f"{p}: x contains NaN or inf")
         lo, hi = float(x.min()), float(x.max())
@@ -126,6 +146,9 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
             )
     else:
         raise UserError(f"{p}: x has dtype {x_np.dtype}; expected uint8 N×H×W×C or float N×C×H×W in [0, 1]")
+    if x.numel() == 0:
+        raise UserError(f"{p}: x has shape {x_np.shape}: images with no pixels; expected N×H×W×C (uint8) or "
+                        "N×C×H×W (float) with C, H, W at least 1")
 
     y = torch.from_numpy(y_np.astype(np.int64))
     if int(y.min()) < 0 or (classes is not None and int(y.max()) >= len(classes)):

@@ -125,9 +125,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: no such file")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{p}: cannot read it as UTF-8 text ({str(err).splitlines()[0]})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not valid YAML (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -340,7 +340,11 @@ def _sniff(path: Path) -> str:
         raise UserError(f"{path}: cannot read file ({err.strerror or err})") from None
     if not head:
         raise UserError(f"{path}: {_NOT_A_MODEL} (the file is empty)")
-    if zipfile.is_zipfile(path):
+    if _is_tar(path):
+        raise UserError(f"{path}: {_NOT_A_MODEL} (a tar or compressed archive; extract it and pass the model file inside)")
+    # zipfile.is_zipfile finds an end-of-archive record anywhere, even in a zip embedded in another file;
+    # model archives start with a local file header.
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
@@ -359,6 +363,20 @@ def _sniff(path: Path) -> str:
     if head[0] == 0x80:  # pickle protocol marker: legacy torch.save format or a plain pickle
         return "torch_save"
     raise UserError(f"{path}: {_NOT_A_MODEL} (unrecognised content)")
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(257)
+            if f.read(5) == b"ustar":  # POSIX / GNU tar header magic
+                return True
+            f.seek(0)
+            head = f.read(6)
+    except OSError:
+        return False
+    # compressed tarballs: gzip, bzip2, xz
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
 
 
 def _load_torchscript(path: Path, device: str | torch.device) -> nn.Module:
@@ -406,7 +424,10 @@ def _torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> A
         with open(path, "rb") as f:
             head = f.read(2)
         is_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-        has_code = "Unsupported global" in message or (is_pickle and "Unsupported operand" in message)
+        # torch's refusal of a global (a class, a function) is worded differently from version to version
+        # and callable to callable; "Weights only load failed" heads all of them.
+        has_code = any(s in message for s in ("Weights only load failed", "Unsupported global", "GLOBAL ")) or (
+            is_pickle and "Unsupported operand" in message)
         if not has_code:
             raise UserError(f"{path}: {_NOT_A_MODEL} ({_error_line(err)})") from None
         if not trust_pickle:

@@ -1,0 +1,474 @@
+"""The bad-input catalogue: malformed teachers, class lists, eval data, recipes, targets and output folders,
+each run through the command line as a user runs it.
+
+Every case must end with exit code 2, exactly one line on stderr that names the problem (and the fix where
+there is one), no traceback, and nothing written: the test's whole folder (inputs, an output folder holding
+an earlier run's results, the working directory) is hashed before and after the run and must be unchanged.
+Runs that wrongly pass validation are kept short (one tiny epoch, one-hot embeddings) and time-limited.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TEST_RECIPE, TrainedTeacher, run_cli
+
+# If validation wrongly lets a case through, the run is one epoch of a few tiny steps.
+SMALL = ["--recipe", TEST_RECIPE, "--epochs", "1", "--kd-steps", "1", "--g-steps", "1", "--synthesis-batch", "10",
+         "--kd-batch", "8", "--student", "cnn_tiny", "--device", "cpu", "--embedding", "onehot"]
+TIMEOUT = 120
+EARLIER_RESULTS = {"metrics.json": b'{"student_accuracy": 0.93}', "student.ts": os.urandom(2048),
+                   "report.md": b"# earlier release\n", "checkpoint.pt": os.urandom(1024),
+                   "student.onnx": os.urandom(512)}
+
+
+class Evil:
+    """Unpickling this creates ``marker``: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class ImageOut(nn.Module):  # returns N×C×H×W, not logits
+    def forward(self, x):
+        return x * 2
+
+
+class VectorOut(nn.Module):  # drops the batch dimension
+    def forward(self, x):
+        return x.flatten()[:10]
+
+
+class IntOut(nn.Module):  # integer "logits"
+    def forward(self, x):
+        return x.flatten(1)[:, :10].long()
+
+
+class FixedInput(nn.Module):  # takes 100 features only: rejects a 1×16×16 image
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(100, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@dataclass
+class Kit:
+    """Malformed inputs made once per module, next to a good teacher."""
+
+    dir: Path
+    teacher: TrainedTeacher
+    onnx: Path
+
+
+@pytest.fixture(scope="module")
+def kit(digits_teacher, tmp_path_factory) -> Kit:
+    from nayer_edge.zoo import create_model
+
+    d = tmp_path_factory.mktemp("bad_inputs")
+    good = digits_teacher.path.read_bytes()
+    (d / "empty.pt").write_bytes(b"")
+    (d / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (d / "header_only.pt").write_bytes(good[:64])
+    (d / "random.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with zipfile.ZipFile(d / "not_a_model.pt", "w") as zf:
+        zf.writestr("notes/readme.txt", "a zip archive, but not a model")
+    with tarfile.open(d / "teacher.tar", "w") as tar:
+        tar.add(digits_teacher.path, arcname="teacher.pt")
+    (d / "teacher_dir.pt").mkdir()
+    torch.save([1, 2, 3], d / "a_list.pt")
+
+    torch.manual_seed(0)
+    model = create_model("cnn_small", num_classes=10, in_channels=1, input_size=16)
+    torch.save(model.state_dict(), d / "state_dict.pt")
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        for key, tensor in sd.items():
+            if key.endswith("weight") and tensor.is_floating_point():
+                tensor.fill_(value)
+        torch.save(sd, d / f"{name}_weights.pt")
+    for cls in (ImageOut, VectorOut, IntOut, FixedInput):
+        torch.jit.save(torch.jit.script(cls()), d / f"{cls.__name__}.pt")
+
+    shutil_copy(digits_teacher.path, d / "bad_meta" / "teacher.pt")
+    (d / "bad_meta" / "teacher.pt.json").write_text('{"classes": ["zero", "one"')
+    shutil_copy(digits_teacher.path, d / "meta_key" / "teacher.pt")
+    (d / "meta_key" / "teacher.pt.json").write_text(json.dumps({"clases": [str(i) for i in range(10)]}))
+
+    (d / "no_classes.txt").write_text("\n\n")
+    (d / "dup_classes.txt").write_text("\n".join(["zero", "one", "two", "one", "four", "five", "six", "seven",
+                                                  "eight", "nine"]))
+    (d / "three_classes.txt").write_text("cat\ndog\nbird\n")
+
+    u8 = lambda n=5: np.zeros((n, 16, 16, 1), np.uint8)  # noqa: E731
+    labels = lambda n=5: np.arange(n) % 10  # noqa: E731
+    npz = {
+        "x_2d.npz": dict(x=np.zeros((5, 7), np.uint8), y=labels()),
+        "x_5d.npz": dict(x=np.zeros((5, 1, 16, 16, 2), np.float32), y=labels()),
+        "two_channels.npz": dict(x=np.zeros((5, 2, 16, 16), np.float32), y=labels()),
+        "labels_42.npz": dict(x=u8(), y=np.array([0, 1, 2, 3, 42])),
+        "labels_neg.npz": dict(x=u8(), y=np.array([0, 1, -1, 3, 4])),
+        "empty.npz": dict(x=u8(0), y=labels(0)),
+        "x_strings.npz": dict(x=np.array([["a", "b"]] * 5), y=labels()),
+        "y_strings.npz": dict(x=u8(), y=np.array(list("abcde"))),
+        "y_floats.npz": dict(x=u8(), y=np.full(5, 0.5)),
+        "count.npz": dict(x=u8(), y=labels(4)),
+        "x_nan.npz": dict(x=np.full((5, 1, 16, 16), np.nan, np.float32), y=labels()),
+        "x_255_float.npz": dict(x=np.full((5, 1, 16, 16), 255.0, np.float32), y=labels()),
+        "no_x_y.npz": dict(images=u8(), labels=labels()),
+    }
+    for name, arrays in npz.items():
+        np.savez(d / name, **arrays)
+    np.save(d / "single.npy", u8())
+    (d / "text.npz").write_text("x,y\n0,1\n")
+    (d / "corrupt.npz").write_bytes((d / "labels_42.npz").read_bytes()[:200])
+    with open(d / "objects.npz", "wb") as f:
+        np.savez(f, x=np.array([None] * 5, dtype=object), y=labels())
+
+    from PIL import Image
+
+    (d / "bad_image" / "one").mkdir(parents=True)
+    Image.new("L", (16, 16)).save(d / "bad_image" / "one" / "ok.png")
+    (d / "bad_image" / "one" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (d / "flat_folder").mkdir()
+    Image.new("L", (16, 16)).save(d / "flat_folder" / "a.png")
+    (d / "unknown_class" / "onne").mkdir(parents=True)
+    Image.new("L", (16, 16)).save(d / "unknown_class" / "onne" / "a.png")
+    (d / "no_images" / "one").mkdir(parents=True)
+    (d / "no_images" / "one" / "notes.txt").write_text("no pictures here")
+
+    recipe = Path(TEST_RECIPE).read_text()
+    (d / "recipe_key.yaml").write_text(recipe + "g_lif: 3\n")
+    (d / "recipe_type.yaml").write_text(recipe + "augment_flip: maybe\n")
+    (d / "recipe_value.yaml").write_text(recipe.replace("g_life: 10", "g_life: -2"))
+    (d / "recipe_yaml.yaml").write_text(recipe + "ngf: [32\n")
+    (d / "recipe_list.yaml").write_text("- student\n- cnn_tiny\n")
+    target = (Path(__file__).resolve().parent.parent / "recipes" / "targets" / "cpu-x86.yaml").read_text()
+    (d / "target_key.yaml").write_text(target + "max_latncy_ms: 3\n")
+    (d / "target_type.yaml").write_text(target.replace("batch: 32", "batch: thirty-two"))
+
+    from nayer_edge.digits import DIGIT_CLASSES
+    from nayer_edge.onnx_export import export_onnx
+
+    student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16).eval()
+    onnx = export_onnx(student, d / "student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
+                       fold_normalization=True, classes=DIGIT_CLASSES)
+    return Kit(d, digits_teacher, Path(onnx))
+
+
+def shutil_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+
+
+# --------------------------------------------------------------------------------------- the catalogue
+
+# Each case: (command, arguments built from the kit and the test's folder, words the error line must contain).
+# {out} is an output folder holding an earlier run's results unless the case gives --out itself.
+Args = Callable[[Kit, Path], list[str]]
+
+
+def small(case_args: tuple[str, ...]) -> list[str]:
+    """SMALL without the options the case sets itself (a later option would win over the case's)."""
+    pairs = zip(SMALL[::2], SMALL[1::2])
+    return [item for flag, value in pairs if flag not in case_args for item in (flag, value)]
+
+
+def distill(teacher: Callable[[Kit], Path] | None = None, *extra: str, out: bool = True) -> Args:
+    def build(k: Kit, tmp: Path) -> list[str]:
+        t = teacher(k) if teacher else k.teacher.path
+        return ["distill", str(t), *(["--out", str(tmp / "run")] if out else []),
+                *[e.format(d=k.dir, tmp=tmp, eval=k.teacher.eval_path) for e in extra], *small(extra)]
+    return build
+
+
+def compress(*extra: str) -> Args:
+    def build(k: Kit, tmp: Path) -> list[str]:
+        return ["compress", str(k.teacher.path), "--out", str(tmp / "run"),
+                *[e.format(d=k.dir, tmp=tmp, eval=k.teacher.eval_path) for e in extra], *small(extra)]
+    return build
+
+
+def command(*args: str) -> Args:
+    def build(k: Kit, tmp: Path) -> list[str]:
+        return [a.format(d=k.dir, tmp=tmp, eval=k.teacher.eval_path, teacher=k.teacher.path, onnx=k.onnx)
+                for a in args]
+    return build
+
+
+def bad(name: str) -> Callable[[Kit], Path]:
+    return lambda k: k.dir / name
+
+
+CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
+    # ---- teacher files
+    "teacher-missing": (command("inspect", "{d}/no_such_teacher.pt"), ("no_such_teacher.pt", "file not found")),
+    "teacher-empty": (distill(bad("empty.pt")), ("empty.pt", "the file is empty")),
+    "teacher-truncated-torchscript": (distill(bad("truncated.pt")), ("truncated.pt", "corrupt zip")),
+    "teacher-header-only": (command("inspect", "{d}/header_only.pt"), ("header_only.pt", "not a TorchScript")),
+    "teacher-random-bytes": (distill(bad("random.pt")), ("random.pt", "unrecognised content")),
+    "teacher-zip-not-a-model": (distill(bad("not_a_model.pt")), ("not_a_model.pt", "zip archive with none")),
+    "teacher-tar-archive": (distill(bad("teacher.tar")), ("teacher.tar", "tar", "extract it")),
+    "teacher-is-directory": (distill(bad("teacher_dir.pt")), ("teacher_dir.pt", "directory")),
+    "teacher-pickled-list": (command("inspect", "{d}/a_list.pt", "--trust-pickle"), ("a_list.pt", "holds a list")),
+    "teacher-state-dict-without-arch": (distill(bad("state_dict.pt"), "--input-shape", "1,16,16"),
+                                        ("state_dict.pt", "--arch NAME")),
+    "teacher-state-dict-wrong-arch": (distill(bad("state_dict.pt"), "--arch", "wrn16_1", "--input-shape", "1,16,16"),
+                                      ("does not match --arch wrn16_1", "check --arch")),
+    "teacher-unknown-arch": (command("inspect", "{d}/state_dict.pt", "--arch", "cnn_smal"),
+                             ("cnn_smal", "did you mean 'cnn_small'")),
+    "teacher-nan-weights": (distill(bad("nan_weights.pt"), "--arch", "cnn_small", "--input-shape", "1,16,16"),
+                            ("NaN or inf",)),
+    "teacher-inf-weights": (distill(bad("inf_weights.pt"), "--arch", "cnn_small", "--input-shape", "1,16,16"),
+                            ("NaN or inf",)),
+    "teacher-output-not-logits": (distill(bad("ImageOut.pt"), "--input-shape", "1,16,16"),
+                                  ("shape (2, 1, 16, 16)", "expected float logits")),
+    "teacher-output-no-batch": (distill(bad("VectorOut.pt"), "--input-shape", "1,16,16"), ("shape (10,)",)),
+    "teacher-output-integer": (command("inspect", "{d}/IntOut.pt", "--input-shape", "1,16,16"), ("torch.int64",)),
+    "teacher-rejects-input-shape": (distill(bad("FixedInput.pt"), "--input-shape", "1,16,16"),
+                                    ("rejects input shape 1,16,16", "--input-shape")),
+    "teacher-metadata-bad-json": (distill(lambda k: k.dir / "bad_meta" / "teacher.pt"),
+                                  ("teacher.pt.json", "not valid JSON")),
+    "teacher-metadata-unknown-key": (distill(lambda k: k.dir / "meta_key" / "teacher.pt"),
+                                     ("clases", "did you mean 'classes'")),
+    # ---- class lists
+    "classes-empty-file": (distill(None, "--classes", "{d}/no_classes.txt"), ("no class names",)),
+    "classes-empty-list": (distill(None, "--classes", ","), ("no class names",)),
+    "classes-duplicates": (distill(None, "--classes", "{d}/dup_classes.txt"), ("duplicate class name 'one'",)),
+    "classes-count-mismatch": (distill(None, "--classes", "{d}/three_classes.txt"), ("3 class names", "10 logits")),
+    "classes-missing-file": (distill(None, "--classes", "{d}/classes.txt"), ("classes.txt", "no such file")),
+    # ---- evaluation data
+    "eval-missing": (distill(None, "--eval-data", "{d}/nowhere.npz"), ("nowhere.npz", "no such file")),
+    "eval-x-2d": (distill(None, "--eval-data", "{d}/x_2d.npz"), ("x_2d.npz", "N×H×W×C")),
+    "eval-x-5d": (distill(None, "--eval-data", "{d}/x_5d.npz"), ("x_5d.npz", "N×C×H×W")),
+    "eval-wrong-channels": (command("verify", "{onnx}", "--eval-data", "{d}/two_channels.npz"),
+                            ("2 channels", "takes 1")),
+    "eval-labels-out-of-range": (distill(None, "--eval-data", "{d}/labels_42.npz"), ("labels_42.npz", "[0, 10)")),
+    "eval-labels-negative": (distill(None, "--eval-data", "{d}/labels_neg.npz"), ("labels_neg.npz", "-1")),
+    "eval-empty": (distill(None, "--eval-data", "{d}/empty.npz"), ("empty.npz", "no images")),
+    "eval-x-strings": (distill(None, "--eval-data", "{d}/x_strings.npz"), ("x_strings.npz", "dtype <U1")),
+    "eval-y-strings": (distill(None, "--eval-data", "{d}/y_strings.npz"), ("y_strings.npz", "labels must be integers")),
+    "eval-y-floats": (distill(None, "--eval-data", "{d}/y_floats.npz"), ("y_floats.npz", "labels must be integers")),
+    "eval-count-mismatch": (distill(None, "--eval-data", "{d}/count.npz"), ("5 images but y has 4 labels",)),
+    "eval-nan-pixels": (distill(None, "--eval-data", "{d}/x_nan.npz"), ("NaN or inf",)),
+    "eval-float-0-255": (distill(None, "--eval-data", "{d}/x_255_float.npz"), ("[255, 255]", "[0, 1]")),
+    "eval-npz-without-x-y": (distill(None, "--eval-data", "{d}/no_x_y.npz"), ("no array 'x'", "images, labels")),
+    "eval-single-npy": (distill(None, "--eval-data", "{d}/single.npy"), ("single .npy array", "numpy.savez")),
+    "eval-text-file": (distill(None, "--eval-data", "{d}/text.npz"), ("text.npz", "not a zip archive")),
+    "eval-corrupt-npz": (distill(None, "--eval-data", "{d}/corrupt.npz"), ("corrupt.npz", "not a readable .npz")),
+    "eval-object-arrays": (distill(None, "--eval-data", "{d}/objects.npz"), ("objects.npz", "Python objects")),
+    "eval-unreadable-image": (distill(None, "--eval-data", "{d}/bad_image"), ("broken.png", "cannot read image")),
+    "eval-folder-without-class-folders": (distill(None, "--eval-data", "{d}/flat_folder"), ("no class folders",)),
+    "eval-folder-unknown-class": (distill(None, "--eval-data", "{d}/unknown_class"),
+                                  ("'onne' is not a class name", "did you mean 'one'")),
+    "eval-folder-no-images": (distill(None, "--eval-data", "{d}/no_images"), ("no images",)),
+    "eval-labels-beyond-model": (command("verify", "{onnx}", "--eval-data", "{d}/labels_42.npz"), ("42",)),
+    # ---- recipes, options and targets
+    "recipe-unknown-key": (distill(None, "--recipe", "{d}/recipe_key.yaml"), ("g_lif", "did you mean 'g_life'")),
+    "recipe-wrong-type": (distill(None, "--recipe", "{d}/recipe_type.yaml"), ("augment_flip", "true or false")),
+    "recipe-invalid-value": (distill(None, "--recipe", "{d}/recipe_value.yaml"), ("g_life must be positive",)),
+    "recipe-invalid-yaml": (distill(None, "--recipe", "{d}/recipe_yaml.yaml"), ("recipe_yaml.yaml", "not valid YAML")),
+    "recipe-not-a-mapping": (distill(None, "--recipe", "{d}/recipe_list.yaml"), ("expected a mapping",)),
+    "recipe-unknown-name": (distill(None, "--recipe", "demo-digitz"), ("demo-digitz", "did you mean 'demo-digits'")),
+    "student-unknown-name": (distill(None, "--student", "cnn_tinny"), ("cnn_tinny", "did you mean 'cnn_tiny'")),
+    "option-input-shape-malformed": (distill(None, "--input-shape", "16,16"), ("16,16", "C,H,W")),
+    "option-mean-not-numbers": (distill(None, "--mean", "half"), ("'half'", "numbers")),
+    "target-unknown-name": (compress("--target", "cpu-x68"), ("cpu-x68", "did you mean 'cpu-x86'")),
+    "target-unknown-key": (compress("--target", "{d}/target_key.yaml"), ("max_latncy_ms", "did you mean 'max_latency_ms'")),
+    "target-wrong-type": (compress("--target", "{d}/target_type.yaml"), ("batch", "integer")),
+    "compress-qat-with-fp32": (compress("--precision", "fp32", "--qat"), ("--qat", "--precision int8")),
+    "compress-eval-labels-out-of-range": (compress("--eval-data", "{d}/labels_42.npz"), ("labels_42.npz", "[0, 10)")),
+    # ---- output folders
+    "out-is-a-file": (distill(None, "--out", "{tmp}/earlier/report.md", out=False), ("report.md", "is a file")),
+    "out-parent-is-a-file": (distill(None, "--out", "{tmp}/earlier/report.md/run", out=False), ("report.md/run",)),
+    # ---- models to verify
+    "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
+    "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
+    "verify-missing-reference": (command("verify", "{onnx}", "--reference", "{d}/nowhere"), ("reference", "nowhere")),
+}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file's sha256 and every folder, by path relative to ``folder``."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        state[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "<dir>"
+    return state
+
+
+def earlier_run(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in EARLIER_RESULTS.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess, needles: tuple[str, ...]) -> str:
+    output = result.stderr + result.stdout
+    assert result.returncode == 2, f"exit {result.returncode}: {output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr[-3000:]}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
+    return lines[0]
+
+
+def test_catalogue_has_at_least_30_cases():
+    assert len(CATALOGUE) >= 30
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input(case, kit, tmp_path):
+    build, needles = CATALOGUE[case]
+    earlier = earlier_run(tmp_path / "earlier")
+    args = build(kit, tmp_path)
+    if "--out" in args and args[args.index("--out") + 1] == str(tmp_path / "run"):
+        args[args.index("--out") + 1] = str(earlier)  # a failed run must leave earlier results untouched
+    before, inputs_before = snapshot(tmp_path), snapshot(kit.dir)
+    result = run_cli(*args, cwd=tmp_path, timeout=TIMEOUT)
+    line = assert_one_line_exit_2(result, needles)
+    assert line.startswith("error: ")
+    assert snapshot(tmp_path) == before, "the run wrote, changed or removed files"
+    assert snapshot(kit.dir) == inputs_before, "the run changed its inputs"
+
+
+@pytest.mark.parametrize("case", ["teacher-truncated-torchscript", "eval-labels-out-of-range", "recipe-unknown-key"])
+def test_bad_input_creates_no_output_folder(case, kit, tmp_path):
+    """With a new --out, nothing is created at all."""
+    build, needles = CATALOGUE[case]
+    args = build(kit, tmp_path)
+    result = run_cli(*args, cwd=tmp_path, timeout=TIMEOUT)
+    assert_one_line_exit_2(result, needles)
+    assert not (tmp_path / "run").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------- untrusted pickles
+
+
+@pytest.mark.parametrize("how", ["torch_save", "plain_pickle", "inside_checkpoint"])
+def test_malicious_pickle_does_not_run_without_trust_pickle(how, kit, tmp_path):
+    """The pickle is live (with --trust-pickle it creates its marker); without the flag nothing runs."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    if how == "torch_save":
+        torch.save(Evil(marker), path)
+    elif how == "plain_pickle":
+        path.write_bytes(pickle.dumps(Evil(marker)))
+    else:
+        state = torch.load(kit.dir / "state_dict.pt", weights_only=True)
+        torch.save({"state_dict": state, "epoch": 3, "hook": Evil(marker)}, path)
+    out = earlier_run(tmp_path / "earlier")
+    before = snapshot(tmp_path)
+    result = run_cli("distill", str(path), "--out", str(out), "--arch", "cnn_small", *SMALL, cwd=tmp_path,
+                     timeout=TIMEOUT)
+    assert_one_line_exit_2(result, ("evil.pt", "pickled code", "--trust-pickle"))
+    assert not marker.exists(), "unpickling ran code without --trust-pickle"
+    assert snapshot(tmp_path) == before
+    # The proof that the file would have run code: trusting it creates the marker.
+    trusted = run_cli("inspect", str(path), "--arch", "cnn_small", "--trust-pickle", cwd=tmp_path, timeout=TIMEOUT)
+    assert marker.exists(), trusted.stderr[-2000:]
+    assert "Traceback" not in trusted.stderr
+
+
+# --------------------------------------------------------------------------------------- output folders
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root ignores permission bits, so a read-only folder is writable; the 'is a file' "
+                           "and 'parent is a file' cases cover the same check")
+def test_out_not_writable(kit, tmp_path):
+    locked = earlier_run(tmp_path / "locked")
+    locked.chmod(0o500)
+    try:
+        before = snapshot(tmp_path)
+        result = run_cli("distill", str(kit.teacher.path), "--out", str(locked / "run"), *SMALL, cwd=tmp_path,
+                         timeout=TIMEOUT)
+        assert_one_line_exit_2(result, ("not writable",))
+        assert snapshot(tmp_path) == before
+    finally:
+        locked.chmod(0o700)
+
+
+def test_atomic_writer_keeps_the_old_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    """Disk full at the library level: an ENOSPC while writing leaves the earlier file intact and no
+    temporary file behind (the CLI-level run on a real full disk is the tmpfs test below)."""
+    from nayer_edge import atomic
+
+    target = tmp_path / "metrics.json"
+    target.write_text("earlier")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    for write in (lambda: atomic.atomic_write_text(target, "new " * 1000),
+                  lambda: atomic.atomic_write_bytes(target, b"new"),
+                  lambda: atomic.atomic_torch_save(target, {"w": torch.zeros(10)})):
+        with pytest.raises(OSError) as err:
+            write()
+        assert err.value.errno == errno.ENOSPC
+        assert target.read_text() == "earlier"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 96 KiB tmpfs: a disk that fills up during a run. Needs root and mount rights."""
+    mount_point = tmp_path / "tiny_disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
+                    "the atomic-writer ENOSPC test covers the library level")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_full_disk_leaves_no_truncated_file(kit, tiny_disk):
+    """A real full disk during a run: whatever the run got to write is whole (atomic writes), no temporary
+    files remain, and the run fails rather than reporting success."""
+    out = tiny_disk / "run"
+    result = run_cli("distill", str(kit.teacher.path), "--out", str(out), *SMALL, cwd=tiny_disk.parent,
+                     timeout=TIMEOUT)
+    assert result.returncode != 0, "a run that could not write its artefacts reported success"
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")] if out.exists() else []
+    assert not leftovers, leftovers
+    for path in out.glob("*.npz") if out.exists() else []:
+        with np.load(path) as data:  # whole, or not there at all
+            [data[k] for k in data.files]
+    for path in out.glob("*.pt") if out.exists() else []:
+        torch.load(path, weights_only=True)
+
+
+@pytest.mark.xfail(reason="a full disk during a run ends in a traceback (torch's RuntimeError from the zip "
+                          "writer, or OSError ENOSPC); needs the CLI or atomic writer to turn it into one line, "
+                          "exit 2 (see /tmp/issue6/NOTES.md)", strict=False)
+def test_full_disk_is_one_line_exit_2(kit, tiny_disk):
+    result = run_cli("distill", str(kit.teacher.path), "--out", str(tiny_disk / "run"), *SMALL,
+                     cwd=tiny_disk.parent, timeout=TIMEOUT)
+    assert_one_line_exit_2(result, ("space",))
