@@ -95,22 +95,31 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         metrics = distill("teacher.pt", out_dir="runs/x", config=load_config("demo-digits"),
                           eval_data="heldout.npz")
         print(metrics["teacher_accuracy"], metrics["student_accuracy"])
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), every process calls this function and
+    they run one distillation together (:mod:`nayer_edge.distributed`): rank 0 alone reads ``--eval-data``
+    and the checkpoint being resumed, evaluates, writes the artefacts and shows progress; every rank returns
+    rank 0's metrics.
     """
-    from .engine import Distiller, resolve_device
+    from . import distributed
     from .evaldata import load_eval_data
-    from .evaluate import accuracy
-    from .memory import SampleMemory
-    from .normalize import NormalizedModel
     from .teacher import load_teacher
-    from .zoo import build_student, describe_student
+    from .zoo import build_student
 
     config = config or DistillConfig()
     out_dir = Path(out_dir)
     started = time.perf_counter()
 
-    # 1. Validate every input before writing anything.
-    prepare_output_dir(out_dir)
-    device = resolve_device(config.device)
+    # 1. Validate every input before writing anything, and before joining the other processes: every rank
+    # checks the same inputs, except the output folder and the evaluation data, which only rank 0 uses.
+    launch = distributed.launch_env()
+    main_rank = launch.rank == 0
+    if main_rank:
+        prepare_output_dir(out_dir)
+    if launch.distributed and min(config.synthesis_batch, config.kd_batch) < launch.world_size:
+        raise UserError(f"synthesis_batch ({config.synthesis_batch}) and kd_batch ({config.kd_batch}) must be at least "
+                        f"the number of processes ({launch.world_size}): each process takes a share of both")
+    device = distributed.resolve_rank_device(config.device, launch)
     loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
                           trust_pickle=trust_pickle)
     spec = loaded.spec
@@ -118,24 +127,64 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     channels, height, width = spec.input_shape
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     _check_student(student, spec.input_shape, loaded.num_classes, config.student)
-    eval_set = load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names) if eval_data else None
+    eval_set = (load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names)
+                if eval_data and main_rank else None)
     if eval_set is not None and int(eval_set[1].max()) >= loaded.num_classes:
         raise UserError(f"{eval_data}: labels go up to {int(eval_set[1].max())} but the teacher has "
                         f"{loaded.num_classes} classes")
     embeddings = label_embeddings(config, class_names, cache_dir)
-    checkpoint = _load_checkpoint(out_dir, config) if resume else None
+
+    dist = distributed.init(launch, device)
+    try:
+        metrics = _distill_run(
+            dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
+            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
+            started=started)
+    except BaseException:
+        distributed.shutdown(dist, clean=False)
+        raise
+    distributed.shutdown(dist)
+    return metrics
+
+
+def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
+                 class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
+                 show_progress: bool, arch: str | None, started: float) -> dict[str, Any]:
+    from .distributed import quiet_other_ranks, rank_seed, read_bytes_on_main
+    from .engine import Distiller
+    from .evaluate import accuracy
+    from .memory import SampleMemory
+    from .normalize import NormalizedModel
+    from .zoo import build_student, describe_student
+
+    quiet_other_ranks(dist)
+    spec = loaded.spec
+    channels, height, width = spec.input_shape
+    # Rank 0 reads the checkpoint and hands it (or its error) to every rank.
+    checkpoint = dist.on_main(lambda: _load_checkpoint(out_dir, config)) if resume else None
+    if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size:
+        raise UserError(f"--resume: the run in {out_dir} used {checkpoint.get('world_size', 1)} process(es); resume it "
+                        f"with as many (torchrun --nnodes × --nproc-per-node), not {dist.world_size}")
 
     # 2. Build the run.
     if config.threads:
-        torch.set_num_threads(config.threads)
+        # Distributed, the configured threads are shared by this node's processes.
+        torch.set_num_threads(max(1, config.threads // dist.local_world_size) if dist.enabled else config.threads)
     _seed_everything(config.seed)
     teacher_module = NormalizedModel(loaded.model, spec.mean, spec.std)
     # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.enabled:
+        # The same student on every rank; from here on each rank draws its own generators and noisy layers.
+        _seed_everything(rank_seed(config.seed, dist.rank))
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        memory_path = out_dir / "samples.mmap.npy"
+    else:
+        memory_path = Path(tempfile.gettempdir()) / f"nayer-edge-{os.getpid()}-rank{dist.rank}.mmap.npy"
     distiller = Distiller(teacher_module, student_module, embeddings, config, spec.input_shape,
-                          loaded.num_classes, device, memory_path=out_dir / "samples.mmap.npy")
+                          loaded.num_classes, device, memory_path=memory_path, dist=dist)
     notes = list(loaded.notes)
     if distiller.probe.num_layers == 0:
         message = ("teacher has no BatchNorm layers: running without the BN-statistics loss "
@@ -143,13 +192,19 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     if checkpoint is not None:
-        if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
-            raise UserError(f"--resume: {out_dir} has a checkpoint but not its {MEMORY} / {HOLDOUT}; "
-                            "run without --resume to start again")
-        memory = SampleMemory.load(out_dir / MEMORY, config.memory_capacity)
-        holdout = SampleMemory.load(out_dir / HOLDOUT)
+        def check_memory_files() -> None:
+            if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
+                raise UserError(f"--resume: {out_dir} has a checkpoint but not its {MEMORY} / {HOLDOUT}; "
+                                "run without --resume to start again")
+
+        dist.on_main(check_memory_files)
+        sources: list[Any] = [out_dir / MEMORY, out_dir / HOLDOUT]
+        if dist.enabled:
+            sources = read_bytes_on_main(dist, sources)
+        memory = SampleMemory.load(sources[0], config.memory_capacity)
+        holdout = SampleMemory.load(sources[1])
         distiller.load_state_dict(checkpoint, memory, holdout)
-    elif not resume:
+    elif not resume and dist.is_main:
         for stale in (CHECKPOINT, MEMORY, HOLDOUT):
             (out_dir / stale).unlink(missing_ok=True)
 
@@ -160,12 +215,16 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
                 "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__}}
 
     def save_checkpoint(d: Distiller) -> None:
-        d.memory.save(out_dir / MEMORY)
-        d.holdout.save(out_dir / HOLDOUT)
-        atomic_torch_save(out_dir / CHECKPOINT, {**d.state_dict(), "config": config.to_dict()})
+        state = d.state_dict()  # on every rank: distributed, it gathers each rank's own state
+        # Only rank 0 writes. The other ranks do not wait for it here: they go on synthesising the next
+        # round and meet rank 0 at its all-gather (within the process group's timeout).
+        if dist.is_main:
+            d.memory.save(out_dir / MEMORY)
+            d.holdout.save(out_dir / HOLDOUT)
+            atomic_torch_save(out_dir / CHECKPOINT, {**state, "config": config.to_dict()})
 
     # 3. Run.
-    if show_progress:
+    if show_progress and dist.is_main:
         from .progress import RichProgress
 
         with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
@@ -173,7 +232,11 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     else:
         state = distiller.run(eval_set, checkpoint=save_checkpoint)
 
-    # 4. Artefacts.
+    # 4. Artefacts, by rank 0; the others wait for its metrics and return them.
+    distiller.release()
+    if not dist.is_main:
+        memory_path.unlink(missing_ok=True)
+        return dist.broadcast_object(None)
     from .plots import save_sample_grid, save_training_curves
 
     student_params = sum(p.numel() for p in student.parameters())
@@ -198,6 +261,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         "eval_samples": int(len(eval_set[1])) if eval_set is not None else 0,
         "embedding_separation": _separation(embeddings),
         "notes": notes,
+        "world_size": dist.world_size,
         "history": state.history,
     }
     student.eval().to("cpu")
@@ -219,7 +283,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
                              MEMORY, CHECKPOINT)}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     (out_dir / "samples.mmap.npy").unlink(missing_ok=True)
-    return metrics
+    return dist.broadcast_object(metrics)
 
 
 def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .augment import random_crop_flip
 from .bn_probe import BNProbe, bn_statistics_loss
 from .config import DistillConfig
+from .distributed import SINGLE, DistContext, rank_seed
 from .evaluate import accuracy, agreement
 from .generator import NayerGenerator, NoiseGenerator, round_targets
 from .losses import adversarial_loss, kd_divergence
@@ -70,13 +71,21 @@ class Distiller:
     ``teacher`` and ``student`` both take images in [0, 1] (wrap them with
     :class:`~nayer_edge.normalize.NormalizedModel`). ``label_embeddings`` is K×D (text or one-hot);
     it is unused by the noise-input generator.
+
+    With a :class:`~nayer_edge.distributed.DistContext` of several ranks, each rank synthesises its own
+    contiguous share of every round's batch (its own generator, noisy layers and random stream), the
+    shares are all-gathered into every rank's memory, and the student trains under
+    DistributedDataParallel on a disjoint share of each KD batch. Everything that must agree across
+    ranks (holdout split, KD batch indices, the clock of the time budget) comes from a stream or a value
+    shared by all ranks. One process (the default) runs exactly the single-process loop.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, label_embeddings: torch.Tensor | None,
                  config: DistillConfig, input_shape: tuple[int, int, int], num_classes: int,
-                 device: torch.device, memory_path: Path | None = None):
+                 device: torch.device, memory_path: Path | None = None, dist: DistContext | None = None):
         self.cfg = config
         self.device = device
+        self.dist = dist or SINGLE
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.teacher = teacher.to(device).eval()
@@ -85,7 +94,14 @@ class Distiller:
         self.probe = BNProbe(self.teacher)
         self.student = student.to(device)
         self.label_embeddings = label_embeddings
+        # The shared stream (same on every rank): holdout split and KD batch indices. Each rank's own stream:
+        # augmentation of what it alone computes. With one process they are the same stream.
         self.rng = torch.Generator().manual_seed(config.seed)
+        self.local_rng = (torch.Generator().manual_seed(rank_seed(config.seed, self.dist.rank))
+                          if self.dist.enabled else self.rng)
+        # This rank's slice of each synthesis round (the whole round for one process).
+        self.synth_start, self.synth_stop = self.dist.share(config.synthesis_batch)
+        self._ddp: nn.Module | None = None
         self.pad = config.augment_pad if config.augment_pad >= 0 else max(1, self.input_shape[1] // 8)
         self.memory = SampleMemory(config.memory_capacity, self.input_shape,
                                    memory_path if config.memory_backing == "mmap" else None)
@@ -104,28 +120,54 @@ class Distiller:
         cfg = self.cfg
         if cfg.generator == "nayer":
             assert self.label_embeddings is not None
-            gen: nn.Module = NayerGenerator(self.label_embeddings, self.input_shape, cfg.synthesis_batch,
+            gen: nn.Module = NayerGenerator(self.label_embeddings, self.input_shape, self.synth_stop - self.synth_start,
                                             cfg.noisy_dim, cfg.ngf)
             if not cfg.embedding_norm:
                 gen.embedding_norm = nn.Identity()
         else:
-            gen = NoiseGenerator(self.input_shape, cfg.synthesis_batch, cfg.noise_dim, cfg.ngf)
+            gen = NoiseGenerator(self.input_shape, self.synth_stop - self.synth_start, cfg.noise_dim, cfg.ngf)
         return gen.to(self.device).train()
 
     def synthesize(self, adversarial: bool) -> dict[str, float]:
-        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory."""
+        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory.
+
+        Distributed, this rank optimises its share of the round and the kept batches of all ranks are
+        gathered into every rank's memory; the losses returned are this rank's."""
         cfg = self.cfg
         assert self.generator is not None
         self.generator.new_round()
         # A fresh Adam every round, as in the paper; fused kernels where torch has them for this device.
         optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999), fused=True)
-        targets = round_targets(self.num_classes, cfg.synthesis_batch, self.device)
+        targets = round_targets(self.num_classes, cfg.synthesis_batch, self.device)[self.synth_start:self.synth_stop]
         self.student.eval()
+        # Distributed, the adversarial term must not leave gradients on the student's parameters for DDP to see.
+        frozen = [p for p in self.student.parameters() if p.requires_grad] if self.dist.enabled else []
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            best_loss, best_images, best_parts = self._synthesis_steps(targets, optimizer, adversarial)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if self.dist.enabled:
+            images, labels = self.dist.all_gather_samples(
+                best_images, targets if best_images is not None else None,
+                math.ceil(cfg.synthesis_batch / self.dist.world_size), self.input_shape)
+            if len(images):
+                self._store(images, labels)
+        elif best_images is not None:
+            self._store(best_images, targets)
+        return {"loss_g": best_loss, **best_parts}
+
+    def _synthesis_steps(self, targets: torch.Tensor, optimizer: torch.optim.Optimizer, adversarial: bool
+                         ) -> tuple[float, torch.Tensor | None, dict[str, float]]:
+        cfg = self.cfg
+        assert self.generator is not None
         best_loss, best_images, best_parts = math.inf, None, {}
         new_bn_state = self.bn_state
         for _ in range(cfg.g_steps):
             images = self.generator(targets)
-            augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.rng)
+            augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
             teacher_logits, stats = self.probe(augmented)
             loss_bn, new_bn_state = bn_statistics_loss(stats, self.bn_state, cfg.bn_momentum)
             loss_oh = F.cross_entropy(teacher_logits, targets)
@@ -143,9 +185,7 @@ class Distiller:
             loss.backward()
             optimizer.step()
         self.bn_state = new_bn_state
-        if best_images is not None:
-            self._store(best_images, targets)
-        return {"loss_g": best_loss, **best_parts}
+        return best_loss, best_images, best_parts
 
     def _store(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         """Most of each batch trains the student; a fixed share is held out to measure agreement."""
@@ -166,6 +206,8 @@ class Distiller:
         return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def kd_step(self) -> float:
+        if self.dist.enabled:
+            return self._kd_step_distributed()
         cfg = self.cfg
         images, _ = self.memory.sample(cfg.kd_batch, self.rng)
         images = random_crop_flip(images.to(self.device), self.pad, cfg.augment_flip, self.rng)
@@ -183,18 +225,64 @@ class Distiller:
         self.state.kd_step += 1
         return loss.item()
 
+    def _kd_step_distributed(self) -> float:
+        """One KD step under DDP: the batch indices come from the shared stream, each rank takes its own
+        contiguous share of them; gradients are averaged by DDP. Every rank calls backward (a rank that
+        skipped it would leave the others waiting) and the step is skipped on all ranks alike when the
+        averaged gradients, identical everywhere, are not finite."""
+        cfg = self.cfg
+        indices = self.memory.sample_indices(cfg.kd_batch, self.rng)
+        start, stop = self.dist.share(len(indices))
+        images, _ = self.memory.get(indices[start:stop])
+        images = random_crop_flip(images.to(self.device), self.pad, cfg.augment_flip, self.local_rng)
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        model = self.ddp_student()
+        model.train()
+        loss = kd_divergence(model(images), teacher_logits, cfg.temperature)
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if grads and bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            self.optimizer.step()
+        self.state.kd_step += 1
+        return loss.item()
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (and with it the reducer's hold on the process group) once training is over."""
+        self._ddp = None
+
+    def ddp_student(self) -> nn.Module:
+        """The student wrapped in DistributedDataParallel (built on first use, on every rank at the same step)."""
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.student, device_ids=device_ids)
+        return self._ddp
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
             on_epoch: Callable[[EpochReport], None] | None = None,
             on_step: Callable[[str, int, int], None] | None = None,
             checkpoint: Callable[["Distiller"], None] | None = None) -> RunState:
-        """Run (or continue) the schedule; stops early, consistently, when the time budget is spent."""
+        """Run (or continue) the schedule; stops early, consistently, when the time budget is spent.
+
+        Distributed, every rank calls ``run``; ``checkpoint`` is called on every rank (it gathers the ranks'
+        own states, see :meth:`state_dict`), ``eval_data`` and ``on_epoch`` are meant for rank 0 only."""
         cfg = self.cfg
         state = self.state
         started = time.perf_counter() - state.elapsed
 
         def tick() -> bool:
-            state.elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            if cfg.time_budget is not None:
+                # Rank 0's clock decides for every rank, so all run the same rounds and steps.
+                elapsed = self.dist.broadcast_float(elapsed)
+            state.elapsed = elapsed
             return cfg.time_budget is not None and state.elapsed >= cfg.time_budget
 
         while state.epoch < cfg.epochs and not state.stopped_by:
@@ -228,7 +316,8 @@ class Distiller:
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
                 losses={k: float(np.mean(v)) for k, v in losses.items()},
-                agreement=self.holdout_agreement(), lr=self.learning_rate(), memory_size=len(self.memory))
+                agreement=self.holdout_agreement() if self.dist.is_main else None, lr=self.learning_rate(),
+                memory_size=len(self.memory))
             if eval_data is not None:
                 # Reported, never used to choose a model.
                 report.student_accuracy = accuracy(self.student, *eval_data, device=self.device)
@@ -249,7 +338,7 @@ class Distiller:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             # The noisy layers are re-drawn at the start of every round: saving them would only bloat the file.
@@ -262,24 +351,58 @@ class Distiller:
             "memory": self.memory.state_dict(),
             "rng": {"engine": self.rng.get_state(), "torch": torch.get_rng_state(),
                     "numpy": _numpy_state(), "python": list(random.getstate()[1])},
+            "world_size": self.dist.world_size,
         }
+        if self.dist.enabled:
+            # Collective: every rank's own generator, BN-statistics state and random streams, on rank 0 (the
+            # top-level "generator" is rank 0's). None on the other ranks, which write nothing.
+            state["ranks"] = self.dist.gather_objects(self._rank_state())
+        return state
+
+    def _rank_state(self) -> dict[str, Any]:
+        to_cpu = lambda tree: _map_tensors(tree, lambda t: t.detach().cpu())  # noqa: E731
+        generator = (to_cpu({k: v for k, v in self.generator.state_dict().items() if not k.startswith("noisy.")})
+                     if self.generator is not None else None)
+        return {"generator": generator, "bn_state": to_cpu(self.bn_state), "local_rng": self.local_rng.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def load_state_dict(self, checkpoint: dict[str, Any], memory: SampleMemory, holdout: SampleMemory) -> None:
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise ValueError(f"checkpoint of a {saved_world}-process run, resumed with {self.dist.world_size}")
+        own = checkpoint["ranks"][self.dist.rank] if self.dist.enabled else checkpoint
         self.student.load_state_dict(checkpoint["student"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["generator"] is not None:
+        if own["generator"] is not None:
             self.generator = self.build_generator()
-            missing, unexpected = self.generator.load_state_dict(checkpoint["generator"], strict=False)
+            missing, unexpected = self.generator.load_state_dict(own["generator"], strict=False)
             if unexpected or any(not k.startswith("noisy.") for k in missing):
                 raise RuntimeError(f"checkpoint generator does not match: missing {missing}, unexpected {unexpected}")
-        self.bn_state = checkpoint["bn_state"]
+        self.bn_state = own["bn_state"]
         run = checkpoint["run"]
         self.state = RunState(epoch=run["epoch"], kd_step=run["kd_step"], elapsed=run["elapsed"],
                               history=list(checkpoint["history"]), stopped_by=None)
         self.memory, self.holdout = memory, holdout
         self.rng.set_state(checkpoint["rng"]["engine"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if self.dist.enabled:
+            self.local_rng.set_state(own["local_rng"])
+            torch.set_rng_state(own["torch"])
+            if own.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], self.device)
+        else:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
 
 
 def _numpy_state() -> list[int]:
     return np.random.get_state()[1].tolist()
+
+
+def _map_tensors(tree: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _map_tensors(v, fn) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map_tensors(v, fn) for v in tree)
+    return tree

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -66,13 +67,18 @@ class SampleMemory:
     def sample(self, batch_size: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch (with replacement across calls, without within one batch when possible)."""
+        return self.get(self.sample_indices(batch_size, generator))
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> np.ndarray:
+        """The indices :meth:`sample` would read: ranks that share ``generator``'s state draw the same batch
+        and each reads only its own share of it."""
         if self.size == 0:
             raise RuntimeError("the sample memory is empty")
         if batch_size >= self.size:
             indices = torch.randperm(self.size, generator=generator)
         else:
             indices = torch.randint(0, self.size, (batch_size,), generator=generator)
-        return self.get(indices.numpy())
+        return indices.numpy()
 
     def all(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(np.arange(self.size))
@@ -101,8 +107,9 @@ class SampleMemory:
         return np.concatenate([array[self.next_index:], array[: self.next_index]])
 
     @classmethod
-    def load(cls, path: str | Path, capacity: int | None = None, mmap_path: str | Path | None = None
+    def load(cls, path: str | Path | BinaryIO, capacity: int | None = None, mmap_path: str | Path | None = None
              ) -> "SampleMemory":
+        """A memory saved by :meth:`save`, from a path or an open binary file."""
         with np.load(path, allow_pickle=False) as data:
             images, labels = data["images"], data["labels"]
             saved_capacity = int(data["capacity"])
