@@ -173,7 +173,7 @@ def _load_folder(
         for d in folders:
             if d.name not in index:
                 raise UserError(
-                    f"{root}: folder '{d.name}' is not a class name{closest_name(d.name, index)}; "
+                    f"{root}: folder {d.name!r} is not a class name{closest_name(d.name, index)}; "
                     "rename it or give matching --classes"
                 )
     else:

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 def closest_name(name: str, choices: typing.Iterable[str]) -> str:
     """A ' (did you mean X?)' hint for a misspelt name, or '' when nothing is close."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
@@ -91,7 +91,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise UserError(f"{where}: unknown key '{key}'{closest_name(key, fields)}")
+            raise UserError(f"{where}: unknown key {key!r}{closest_name(key, fields)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)

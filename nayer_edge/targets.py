@@ -188,7 +188,7 @@ def load_target(name_or_path: str | Path) -> Target:
     where = str(path)
     for key in data:  # unknown keys first, so a misspelt required key is reported as a misspelling
         if key not in _FIELDS:
-            raise UserError(f"{where}: unknown key '{key}'{closest_name(key, _FIELDS)}")
+            raise UserError(f"{where}: unknown key {key!r}{closest_name(key, _FIELDS)}")
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise UserError(f"{where}: missing required key(s): {', '.join(missing)}")

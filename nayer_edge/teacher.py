@@ -250,7 +250,7 @@ def _read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     for key, value in data.items():
         if key not in _META_KEYS:
             raise UserError(
-                f"{meta_path}: unknown key '{key}'{closest_name(key, _META_KEYS)}; "
+                f"{meta_path}: unknown key {key!r}{closest_name(key, _META_KEYS)}; "
                 f"allowed keys: {', '.join(_META_KEYS)}"
             )
         where = f"{meta_path}: '{key}'"

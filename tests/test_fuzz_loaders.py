@@ -249,6 +249,8 @@ def test_strict_config_from_dict(raw):
 @example(text="", raw=b"\xff\xfe\x00bad utf-8")
 @example(text="[" * 2000, raw=None)
 @example(text="a: &x [*x]\n", raw=None)
+@example(text="1: 2\n", raw=None)
+@example(text="\"ep\\nochs\": 3\n", raw=None)
 def test_recipe_yaml(workdir, text, raw):
     from nayer_edge.config import load_config
 
@@ -267,6 +269,8 @@ def test_recipe_yaml(workdir, text, raw):
 @given(doc=st.dictionaries(st.sampled_from(["runtime", "device", "precision", "quantization", "batch",
                                             "dynamic_batch", "layout", "opset", "max_latency_ms", "description",
                                             "max_accuracy_drop"]) | st.text(max_size=6), config_values, max_size=8))
+@example(doc={"\n": None})  # a key with a line break must not break the one-line message
+@example(doc={1: "x", "runtime": "onnxruntime"})
 def test_target_yaml(workdir, doc):
     import yaml
 
