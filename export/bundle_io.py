@@ -107,13 +107,20 @@ def verify_integrity(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None)
     if not isinstance(files, dict) or not files:
         raise IntegrityError(MANIFEST, "integrity gate failed: {} lists no files".format(MANIFEST))
     for name in sorted(files):
-        path = os.path.join(bundle_dir, *name.split("/"))
+        parts = str(name).split("/")
+        if not isinstance(name, str) or name.startswith("/") or ".." in parts or "" in parts:
+            raise IntegrityError(MANIFEST, "integrity gate failed: {} lists {!r}, which is not a file inside the "
+                                           "bundle".format(MANIFEST, name))
+        path = os.path.join(bundle_dir, *parts)
         if not os.path.isfile(path):
             raise IntegrityError(name, "integrity gate failed: {} is missing from the bundle".format(name))
         if sha256_file(path) != files[name]:
             raise IntegrityError(name, "integrity gate failed: {} sha256 mismatch (the file was changed after "
                                        "the bundle was made)".format(name))
-    model_file = str(manifest.get("model", {}).get("file", "model.onnx"))
+    model = manifest.get("model")
+    if not isinstance(model, dict):
+        raise BundleError("{}: 'model' must be an object; rebuild the bundle with nayer-edge".format(MANIFEST))
+    model_file = str(model.get("file", "model.onnx"))
     for name in _unlisted_files(bundle_dir, files):
         # Engines, timing caches and results written on the device are expected. What is refused are
         # unlisted files that change what runs: a module in scripts/ (it would shadow an import) and

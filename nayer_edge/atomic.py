@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,9 +21,29 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(err, path.parent):
+            from .errors import UserError
+
+            raise UserError(f"no space left on the device writing {path}; free some space or write to another "
+                            "folder") from None
         raise
+
+
+_LOW_SPACE = 1 << 20
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """ENOSPC/EDQUOT, or an error from a writer that hides it (torch's zip writer raises RuntimeError)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < _LOW_SPACE
+        except OSError:
+            return False
+    return False
 
 
 def _umask() -> int:

@@ -402,10 +402,6 @@ def test_verify_bundle_changed_file(bundle, data):
         shutil.rmtree(folder.parent)
 
 
-@pytest.mark.xfail(raises=AttributeError, strict=True,
-                   reason="export/bundle_io.py verify_integrity: manifest.get('model', {}).get('file') assumes "
-                          "'model' is an object; a resealed manifest with another type raises AttributeError "
-                          "(see /tmp/issue6/NOTES.md)")
 def test_bundle_manifest_model_not_an_object(bundle, bundle_io):
     """Found by the field fuzzer above when it picks 'model': a resealed manifest whose 'model' is a list."""
     folder = copy_bundle(bundle)
