@@ -28,7 +28,11 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                           eval_data="heldout.npz")
     """
     from .distill import distill
+    from .distributed import launch_env
 
+    if launch_env().distributed:
+        raise UserError("compress runs in one process (its export and quantize stages are not distributed): run "
+                        "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
     metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,

