@@ -242,6 +242,10 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         return dist.broadcast_object(None)
     from .plots import save_sample_grid, save_training_curves
 
+    if any(distiller.nonfinite.values()):
+        skipped = distiller.nonfinite
+        notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
+                     f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
     student_params = sum(p.numel() for p in student.parameters())
     metrics: dict[str, Any] = {
         "teacher_accuracy": teacher_accuracy,
@@ -256,6 +260,7 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         "teacher_params": loaded.param_count,
         "compression": round(loaded.param_count / max(1, student_params), 2),
         "teacher_bn_layers": distiller.probe.num_layers,
+        "nonfinite": dict(distiller.nonfinite),
         "synthetic_samples": distiller.memory.total_added,
         "memory_samples": len(distiller.memory),
         "memory_bytes": distiller.memory.nbytes,

@@ -114,6 +114,9 @@ class Distiller:
         self.generator: nn.Module | None = None
         self.bn_state: dict[str, Any] | None = None
         self.state = RunState()
+        # Steps whose loss was NaN/Inf (skipped, never applied) and generators rebuilt after a round in which
+        # no step was finite: reported in metrics.json so a run never turns to garbage silently.
+        self.nonfinite = {"generator_steps": 0, "kd_steps": 0, "generator_resets": 0}
 
     # -- synthesis ---------------------------------------------------------------------------
     def build_generator(self) -> nn.Module:
@@ -149,6 +152,10 @@ class Distiller:
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+        if best_images is None:
+            # Every step of the round was NaN/Inf: this generator is broken; start the next round from a new one.
+            self.generator = self.build_generator()
+            self.nonfinite["generator_resets"] += 1
         if self.dist.enabled:
             images, labels = self.dist.all_gather_samples(
                 best_images, targets if best_images is not None else None,
@@ -177,6 +184,7 @@ class Distiller:
             loss = cfg.bn_weight * loss_bn + cfg.oh_weight * loss_oh + cfg.adv_weight * loss_adv
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                self.nonfinite["generator_steps"] += 1
                 continue
             if loss_value < best_loss:
                 best_loss, best_images = loss_value, images.detach().clone()
@@ -222,6 +230,8 @@ class Distiller:
         if torch.isfinite(loss):
             loss.backward()
             self.optimizer.step()
+        else:
+            self.nonfinite["kd_steps"] += 1
         self.state.kd_step += 1
         return loss.item()
 
@@ -248,6 +258,8 @@ class Distiller:
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if grads and bool(torch.stack([g.isfinite().all() for g in grads]).all()):
             self.optimizer.step()
+        else:
+            self.nonfinite["kd_steps"] += 1
         self.state.kd_step += 1
         return loss.item()
 
@@ -348,6 +360,7 @@ class Distiller:
             "run": {"epoch": self.state.epoch, "kd_step": self.state.kd_step, "elapsed": self.state.elapsed,
                     "stopped_by": self.state.stopped_by},
             "history": self.state.history,
+            "nonfinite": dict(self.nonfinite),
             "memory": self.memory.state_dict(),
             "rng": {"engine": self.rng.get_state(), "torch": torch.get_rng_state(),
                     "numpy": _numpy_state(), "python": list(random.getstate()[1])},
@@ -384,6 +397,7 @@ class Distiller:
         self.state = RunState(epoch=run["epoch"], kd_step=run["kd_step"], elapsed=run["elapsed"],
                               history=list(checkpoint["history"]), stopped_by=None)
         self.memory, self.holdout = memory, holdout
+        self.nonfinite.update(checkpoint.get("nonfinite", {}))
         self.rng.set_state(checkpoint["rng"]["engine"])
         if self.dist.enabled:
             self.local_rng.set_state(own["local_rng"])

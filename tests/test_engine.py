@@ -108,3 +108,38 @@ def test_torch_export_teacher_end_to_end(digits_teacher, tmp_path):
     # 1 %: the drift depends on thread scheduling (0.13 % seen under load); a broken probe is off by far more.
     assert exported["history"][0]["loss_bn"] == pytest.approx(scripted_run["history"][0]["loss_bn"], rel=1e-2)
     assert exported["history"][0]["loss_oh"] == pytest.approx(scripted_run["history"][0]["loss_oh"], rel=0.05)
+
+
+class FlakyTeacher(nn.Module):
+    """The digits teacher, except that every fourth call returns NaN logits (a numerical fault mid-run)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        return out * float("nan") if self.calls % 4 == 0 else out
+
+
+def test_nan_losses_are_skipped_counted_and_reported(digits_teacher, tmp_path):
+    import shutil
+
+    from nayer_edge.zoo import create_model
+
+    net = create_model("cnn_small", num_classes=10, in_channels=1, input_size=16)
+    net.load_state_dict(torch.jit.load(digits_teacher.path).state_dict())
+    path = tmp_path / "flaky.pt"
+    torch.save(FlakyTeacher(net.eval()), path)
+    shutil.copy(digits_teacher.path.with_name("teacher.pt.json"), tmp_path / "flaky.pt.json")
+    config = load_config("demo-digits", {**TINY, "epochs": 3})
+    metrics = distill(path, out_dir=tmp_path / "run", config=config, eval_data=digits_teacher.eval_path,
+                      show_progress=False, trust_pickle=True)
+    skipped = metrics["nonfinite"]
+    assert skipped["generator_steps"] > 0 and skipped["kd_steps"] > 0, skipped
+    assert any("NaN/Inf" in note for note in metrics["notes"])
+    state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())  # no NaN reached it
+    assert 0.0 < metrics["student_accuracy"] <= 1.0  # a real accuracy of a finite student, not NaN
