@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .errors import MissingDependencyError, UserError
-from .onnx_graph import set_metadata, topological_order
+from .errors import MissingDependencyError
+from .onnx_graph import load_fp32_onnx, set_metadata, topological_order
 
 
 def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
@@ -23,15 +23,7 @@ def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError:
         raise MissingDependencyError("onnx", "onnxruntime") from None
-    src = Path(fp32_onnx)
-    if not src.is_file():
-        raise UserError(f"{src}: no such ONNX file; export one with `nayer-edge export`")
-    try:
-        model = onnx.load(str(src))
-    except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
-        raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        raise UserError(f"{src} is quantized; convert the FP32 model to FP16")
+    model = load_fp32_onnx(fp32_onnx)
     converted = convert_float_to_float16(model, keep_io_types=True)
     graph = converted.graph
     # The converter appends its input/output Casts at the end of the node list; the checker wants order.

@@ -30,7 +30,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import MissingDependencyError, UserError
-from .onnx_graph import set_metadata, topological_order
+from .onnx_graph import load_fp32_onnx, set_metadata, topological_order
 
 WEIGHT_OPS = ("Conv", "Gemm")
 MIN_OPSET = 13
@@ -46,17 +46,10 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
         raise MissingDependencyError("onnx", "onnxruntime") from None
 
     src = Path(fp32_onnx)
-    if not src.is_file():
-        raise UserError(f"{src}: no such ONNX file; export one with `nayer-edge export`")
-    try:
-        model = onnx.load(str(src))
-    except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
-        raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
+    model = load_fp32_onnx(src)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise UserError(f"{src}: opset {opset}; per-channel Q/DQ needs opset >= {MIN_OPSET}: re-export with --opset 17")
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        raise UserError(f"{src} is already quantized; give the FP32 model")
     images = np.ascontiguousarray(np.asarray(
         calibration_images.detach().cpu().numpy() if hasattr(calibration_images, "detach") else calibration_images,
         dtype=np.float32))[:max_calibration]
