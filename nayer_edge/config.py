@@ -61,6 +61,7 @@ class DistillConfig:
     qat_epochs: float = 2.0
     qat_lr: float = 0.01
     qat_batch: int = 256
+    qat_fp32_anchor: float = 1.0  # share of the QAT KD target from the FP32 student's logits (rest: teacher)
 
     time_budget: float | None = None
     seed: int = 0
@@ -110,6 +111,8 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+        if not 0.0 <= self.qat_fp32_anchor <= 1.0:
+            raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))

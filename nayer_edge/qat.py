@@ -1,7 +1,8 @@
 """Quantization-aware fine-tuning (QAT) of a distilled student on its own synthetic samples.
 
-No real data is used: the student is fine-tuned on the run's synthetic memory with the teacher's logits
-as the KD target, through fake quantization that simulates the INT8 graph the target runtime will run.
+No real data is used: the student is fine-tuned on the run's synthetic memory, through fake quantization
+that simulates the INT8 graph the target runtime will run, to reproduce its own FP32 logits (optionally
+blended with the teacher's; ``fp32_anchor``).
 
 Steps (``finetune_qat``):
 1. BatchNorm is folded into the preceding convolutions (``torch.fx.experimental.optimization.fuse``),
@@ -168,21 +169,32 @@ class QATReport:
         return dict(self.__dict__)
 
 
-def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: torch.Tensor, *, mean: list[float],
+def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: torch.Tensor | None, *,
+                 mean: list[float],
                  std: list[float], layout: Layout, epochs: float, lr: float, batch: int, temperature: float,
-                 calibration: int = 512, seed: int = 0,
+                 fp32_anchor: float = 1.0, calibration: int = 512, seed: int = 0,
                  on_step: Callable[[int, int], None] | None = None) -> tuple[fx.GraphModule, QATReport]:
-    """Fine-tune ``student`` (takes normalised input) to match ``teacher_logits`` on ``images01`` through
-    fake INT8 quantization. Returns the BN-folded FP32 module (quantizers off; same input convention as
-    ``student``) and a report. SGD with momentum, cosine learning rate from ``lr`` to 0."""
+    """Fine-tune ``student`` (takes normalised input) through fake INT8 quantization on ``images01``.
+    Returns the BN-folded FP32 module (quantizers off; same input convention as ``student``) and a report.
+    SGD with momentum, cosine learning rate from ``lr`` to 0.
+
+    The KD target blends the FP32 student's own logits (weight ``fp32_anchor``, default all of it) with the
+    teacher's. QAT's job is to recover what quantization loses from the student that was validated, not to
+    re-fit the synthetic samples: with the teacher as the target, the student moved on real data by as much as
+    it gained on synthetic data, and lost to PTQ (BENCHMARKS.md §5)."""
     if len(images01) == 0:
         raise UserError("no synthetic samples to fine-tune on")
     if epochs <= 0 or lr <= 0 or batch < 1:
         raise UserError("QAT epochs, learning rate and batch must be positive")
+    if not 0.0 <= fp32_anchor <= 1.0:
+        raise UserError(f"QAT fp32_anchor must be within [0, 1], got {fp32_anchor}")
+    if fp32_anchor < 1.0 and teacher_logits is None:
+        raise UserError("QAT with fp32_anchor below 1 needs the teacher's logits")
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     normalised = (images01.float() - mean_t) / std_t
     generator = torch.Generator().manual_seed(seed)
+    student_logits = _logits(student, normalised, batch) if fp32_anchor > 0 else None
     gm = prepare_qat(student, layout)
     order = torch.randperm(len(normalised), generator=generator)
     calibrate(gm, normalised[order[:calibration]])
@@ -196,7 +208,12 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     losses: list[float] = []
     for step in range(steps):
         idx = torch.randint(0, len(normalised), (min(batch, len(normalised)),), generator=generator)
-        loss = kd_divergence(gm(normalised[idx]), teacher_logits[idx], temperature)
+        out = gm(normalised[idx])
+        loss = out.new_zeros(())
+        if student_logits is not None:
+            loss = loss + kd_divergence(out, student_logits[idx], temperature) * fp32_anchor
+        if teacher_logits is not None and fp32_anchor < 1.0:
+            loss = loss + kd_divergence(out, teacher_logits[idx], temperature) * (1.0 - fp32_anchor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -211,6 +228,15 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
                        initial_loss=sum(losses[:window]) / window, final_loss=sum(losses[-window:]) / window,
                        quantizers=sum(isinstance(m, ActivationQuantizer) for m in gm.modules()), layout=layout)
     return gm, report
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+    model.train(was_training)
+    return out
 
 
 # --------------------------------------------------------------------------------------- graph surgery

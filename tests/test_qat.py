@@ -122,10 +122,58 @@ def test_finetuning_lowers_the_quantized_kd_loss(digits_teacher, tmp_path):
 
     before = quantized_loss(student)
     tuned, report = finetune_qat(student, x_train, teacher_logits, mean=[0.5], std=[0.5], layout="ort", epochs=6,
-                                 lr=0.05, batch=64, temperature=4.0)
+                                 lr=0.05, batch=64, temperature=4.0, fp32_anchor=0.0)
     assert report.steps == 48 and report.final_loss < report.initial_loss
     assert quantized_loss(tuned) < 0.8 * before, (quantized_loss(tuned), before)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tuned.modules())
+
+
+@pytest.mark.parametrize("layout", ["ort", "tensorrt"])
+def test_default_qat_brings_int8_closer_to_the_fp32_student(tmp_path, layout):
+    """The default target is the FP32 student itself: after fine-tuning, the fake-INT8 model, recalibrated as
+    the exporter does, is closer to the FP32 student's logits (KL) than the same student calibrated only.
+    (On held-out synthetic samples, BENCHMARKS.md section 5.)"""
+    from conftest import train_and_save
+
+    from nayer_edge.digits import load_digits_split
+    from nayer_edge.losses import kd_divergence
+
+    student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
+    train_and_save(student, (1, 16, 16), tmp_path, epochs=1)
+    student.eval()
+    images01 = load_digits_split()[0][:512]
+    normalised = (images01 - 0.5) / 0.5
+    with torch.no_grad():
+        fp32_logits = student(normalised)
+
+    def int8_kl(module: nn.Module) -> float:
+        gm = prepare_qat(module, layout)
+        calibrate(gm, normalised)
+        with torch.no_grad():
+            return float(kd_divergence(gm(normalised), fp32_logits, 1.0))
+
+    before = int8_kl(student)
+    tuned, report = finetune_qat(student, images01, None, mean=[0.5], std=[0.5], layout=layout, epochs=4,
+                                 lr=0.01, batch=64, temperature=4.0)
+    assert report.final_loss < report.initial_loss
+    after = int8_kl(tuned)
+    assert after < 0.8 * before, (after, before)
+
+
+def test_qat_blending_in_the_teacher_needs_its_logits():
+    student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
+    with pytest.raises(UserError, match="teacher"):
+        finetune_qat(student, torch.rand(8, 1, 16, 16), None, mean=[0.5], std=[0.5], layout="ort", epochs=1,
+                     lr=0.01, batch=4, temperature=4.0, fp32_anchor=0.5)
+
+
+def test_deployed_int8_is_the_one_closer_to_fp32():
+    from nayer_edge.quantize import _choose
+
+    assert _choose({"ptq": {"fp32_kl": 3e-4}})[0] == "ptq"
+    assert _choose({"ptq": {"fp32_kl": 3e-4}, "qat": {"fp32_kl": 1e-4}})[0] == "qat"
+    method, reason = _choose({"ptq": {"fp32_kl": 1e-4}, "qat": {"fp32_kl": 3e-4}})
+    assert method == "ptq" and "1.00e-04 vs 3.00e-04" in reason
 
 
 def test_untraceable_student_is_a_clear_error():
