@@ -52,6 +52,13 @@ def _umask() -> int:
     return mask
 
 
+def remove_temporaries(folder: str | Path) -> None:
+    """Temporary files that writers killed mid-write left in ``folder`` (ours: ``.NAME.*.tmp``, and ``NAME.tmp``
+    of :meth:`SampleMemory.save`); the files they were writing are untouched."""
+    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("*.npz.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda h: h.write(data))
 

@@ -18,8 +18,10 @@ from .errors import UserError
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
-             show_progress: bool = True, cache_dir: Path | None = None, **teacher_options: Any) -> dict[str, Any]:
-    """Run every stage; returns the metrics, with ``passed`` false when a gate failed.
+             show_progress: bool = True, cache_dir: Path | None = None, resume: bool = False,
+             **teacher_options: Any) -> dict[str, Any]:
+    """Run every stage; returns the metrics, with ``passed`` false when a gate failed. ``resume``: continue
+    the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.distill`).
 
     Gates: ``accuracy_drop`` (top-1 points of the deployed model below the FP32 student; needs eval data) and
     ``latency_p50_ms`` at the target's batch. Limits default to the target's budgets.
@@ -36,7 +38,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
     metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
-                      cache_dir=cache_dir, **teacher_options)
+                      cache_dir=cache_dir, resume=resume, **teacher_options)
     return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
                    eval_data=eval_data, show_progress=show_progress)
 

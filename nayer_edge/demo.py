@@ -9,7 +9,7 @@ from .config import DistillConfig, load_config
 
 
 def demo(out_dir: str | Path = "runs/demo", *, config: DistillConfig | None = None, show_progress: bool = True,
-         cache_dir: Path | None = None, target: str = "cpu-x86") -> dict[str, Any]:
+         cache_dir: Path | None = None, target: str = "cpu-x86", resume: bool = False) -> dict[str, Any]:
     """Train (once, cached) the digits teacher, then compress it for ``target`` with no access to its training
     images: distil, quantize, export, verify; teacher vs student top-1 on the held-out real digits."""
     from .compress import compress
@@ -18,4 +18,4 @@ def demo(out_dir: str | Path = "runs/demo", *, config: DistillConfig | None = No
     teacher = ensure_digits_teacher(cache_dir)
     return compress(teacher.teacher_path, target=target, out_dir=out_dir,
                     config=config or load_config("demo-digits"), eval_data=teacher.eval_path,
-                    show_progress=show_progress, cache_dir=cache_dir)
+                    show_progress=show_progress, cache_dir=cache_dir, resume=resume)

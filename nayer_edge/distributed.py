@@ -110,6 +110,16 @@ class DistContext:
         dist.broadcast(tensor, src=0)
         return float(tensor.item())
 
+    def all_max(self, value: int) -> int:
+        """The largest ``value`` of all ranks, on every rank."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.comm_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def broadcast_object(self, obj: T) -> T:
         if not self.enabled:
             return obj
