@@ -16,7 +16,9 @@ def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torc
     out = images
     if pad > 0:
         padded = F.pad(images, (pad, pad, pad, pad))
-        shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device="cpu").to(images.device)
+        # Drawn on the CPU (one stream whatever the device); non_blocking: a GPU run never waits for the copy.
+        shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device="cpu").to(images.device,
+                                                                                             non_blocking=True)
         rows = (torch.arange(height, device=images.device)[None, :] + shifts[:, :1])  # n × H
         cols = (torch.arange(width, device=images.device)[None, :] + shifts[:, 1:])  # n × W
         index_rows = rows[:, None, :, None].expand(n, images.shape[1], height, padded.shape[-1])
@@ -24,6 +26,6 @@ def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torc
         index_cols = cols[:, None, None, :].expand(n, images.shape[1], height, width)
         out = out.gather(3, index_cols)
     if flip:
-        mask = torch.rand(n, generator=generator, device="cpu").to(images.device) < 0.5
+        mask = torch.rand(n, generator=generator, device="cpu").to(images.device, non_blocking=True) < 0.5
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     return out

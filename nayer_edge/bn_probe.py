@@ -70,7 +70,9 @@ class _Recorder:
         if not self.active or running_mean is None or running_var is None:
             return
         dims = (0, *range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        # Under bf16/fp16 autocast the layer input is half precision; its moments are taken in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
         count = x.numel() // x.shape[1] if x.dim() > 1 else x.numel()
         self.parts.setdefault(name, []).append((count, mean, var))
         self.running.setdefault(name, (running_mean.detach(), running_var.detach()))

@@ -36,6 +36,13 @@ class EmbeddingKind(str, Enum):
     onehot = "onehot"
 
 
+class AmpKind(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Zoo architecture of a state-dict teacher.")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names: a file (one per line) or a comma-separated list.")]
@@ -94,12 +101,15 @@ IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, hel
 DeviceOpt = Annotated[Device, typer.Option("--device")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
+AmpOpt = Annotated[Optional[AmpKind], typer.Option("--amp", help="Autocast precision of distillation (default auto: bf16 on a CUDA GPU that has it, else fp32).")]
+ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (default: on for CUDA, off on the CPU).")]
+CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (and an eager teacher); default off.")]
 
 
 # Command-line options that override a DistillConfig field of the same name.
 CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", "text_encoder", "prompt_template",
                   "allow_download", "synthesis_batch", "kd_batch", "kd_steps", "g_steps", "memory_capacity",
-                  "device", "seed")
+                  "device", "seed", "amp", "channels_last", "compile")
 
 
 def _config(recipe: str | None, options: dict[str, Any]) -> Any:
@@ -107,7 +117,7 @@ def _config(recipe: str | None, options: dict[str, Any]) -> Any:
     from .config import load_config
 
     overrides = {key: options[key] for key in CONFIG_OPTIONS}
-    for key in ("generator", "embedding", "device"):
+    for key in ("generator", "embedding", "device", "amp"):
         if overrides.get(key) is not None:
             overrides[key] = overrides[key].value
     overrides["allow_download"] = overrides.get("allow_download") or None
@@ -126,6 +136,7 @@ def distill(
     g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
     device: DeviceOpt = Device.auto, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
+    amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
 ) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from .distill import distill as run_distill
@@ -157,6 +168,7 @@ def compress(
     g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
     device: DeviceOpt = Device.auto, seed: SeedOpt = None,
+    amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,

@@ -68,6 +68,12 @@ class DistillConfig:
     device: str = "auto"
     threads: int = 0
 
+    # How one device is used (nayer_edge.amp, nayer_edge.performance); none of these changes the method.
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a CUDA GPU that has it, else fp32
+    channels_last: bool | None = None  # None: on for CUDA, off on the CPU
+    compile: bool = False  # torch.compile the student (and an eager teacher)
+    memory_device_budget: float = 0.25  # sample memory on the GPU if it takes at most this share of its free memory
+
     def __post_init__(self) -> None:
         import math
 
@@ -97,6 +103,8 @@ class DistillConfig:
             raise UserError(f"config: lr_min must be in [0, lr], got {self.lr_min}")
         if self.augment_pad < -1:
             raise UserError(f"config: augment_pad must be -1 (auto: H/8) or a pixel count, got {self.augment_pad}")
+        if not 0 <= self.memory_device_budget <= 1:
+            raise UserError(f"config: memory_device_budget must be in [0, 1], got {self.memory_device_budget}")
         if not 0 <= self.holdout_fraction < 1:
             raise UserError(f"config: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.lr <= 0 or self.lr_g <= 0:

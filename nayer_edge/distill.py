@@ -264,6 +264,9 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         "synthetic_samples": distiller.memory.total_added,
         "memory_samples": len(distiller.memory),
         "memory_bytes": distiller.memory.nbytes,
+        "memory_device": str(distiller.memory.device),
+        "amp": distiller.amp.precision,
+        "channels_last": distiller.channels_last,
         "generator": config.generator,
         "embedding": config.embedding if config.generator == "nayer" else None,
         "eval_samples": int(len(eval_set[1])) if eval_set is not None else 0,
@@ -272,7 +275,7 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         "world_size": dist.world_size,
         "history": state.history,
     }
-    student.eval().to("cpu")
+    student.eval().to("cpu", memory_format=torch.contiguous_format)  # artefacts in the usual layout
     scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
     _atomic_jit_save(scripted, out_dir / "student.ts")
     atomic_torch_save(out_dir / "student.pt", student.state_dict())

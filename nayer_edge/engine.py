@@ -20,6 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .amp import Amp, backward_and_step
 from .augment import random_crop_flip
 from .bn_probe import BNProbe, bn_statistics_loss
 from .config import DistillConfig
@@ -28,6 +29,7 @@ from .evaluate import accuracy, agreement
 from .generator import NayerGenerator, NoiseGenerator, round_targets
 from .losses import adversarial_loss, kd_divergence
 from .memory import SampleMemory
+from .performance import channels_last_input, maybe_compile, memory_device, to_channels_last, use_channels_last
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,11 +90,19 @@ class Distiller:
         self.dist = dist or SINGLE
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
+        self.amp = Amp.for_device(config.amp, device)
+        self.channels_last = use_channels_last(config.channels_last, device)
         self.teacher = teacher.to(device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.probe = BNProbe(self.teacher)
         self.student = student.to(device)
+        if self.channels_last:
+            to_channels_last(self.teacher)
+            to_channels_last(self.student)
+        self.probe = BNProbe(self.teacher)
+        # Compiled forwards share the modules' parameters; the probe keeps the eager teacher (it instruments it).
+        self._student_forward = maybe_compile(self.student, config.compile)
+        self._teacher_forward = maybe_compile(self.teacher, config.compile)
         self.label_embeddings = label_embeddings
         # The shared stream (same on every rank): holdout split and KD batch indices. Each rank's own stream:
         # augmentation of what it alone computes. With one process they are the same stream.
@@ -103,12 +113,18 @@ class Distiller:
         self.synth_start, self.synth_stop = self.dist.share(config.synthesis_batch)
         self._ddp: nn.Module | None = None
         self.pad = config.augment_pad if config.augment_pad >= 0 else max(1, self.input_shape[1] // 8)
-        self.memory = SampleMemory(config.memory_capacity, self.input_shape,
-                                   memory_path if config.memory_backing == "mmap" else None)
         holdout_capacity = max(self.num_classes, int(config.memory_capacity * config.holdout_fraction))
-        self.holdout = SampleMemory(holdout_capacity, self.input_shape)
+        store = torch.device("cpu") if config.memory_backing == "mmap" else memory_device(
+            device, SampleMemory.bytes_needed(config.memory_capacity + holdout_capacity, self.input_shape),
+            config.memory_device_budget)
+        self.memory_device = store
+        self.memory = SampleMemory(config.memory_capacity, self.input_shape,
+                                   memory_path if config.memory_backing == "mmap" else None, device=store)
+        self.holdout = SampleMemory(holdout_capacity, self.input_shape, device=store)
+        # Fused: a step with a non-finite loss is skipped on the device (amp.backward_and_step), no host sync.
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+                                         weight_decay=config.weight_decay, fused=True)
+        self._g_scaler, self._kd_scaler = self.amp.new_scaler(), self.amp.new_scaler()
         kd_epochs = config.epochs if config.kd_during_warmup else max(0, config.epochs - config.warmup_epochs)
         self.total_kd_steps = max(1, kd_epochs * config.kd_steps)
         self.generator: nn.Module | None = None
@@ -116,7 +132,34 @@ class Distiller:
         self.state = RunState()
         # Steps whose loss was NaN/Inf (skipped, never applied) and generators rebuilt after a round in which
         # no step was finite: reported in metrics.json so a run never turns to garbage silently.
-        self.nonfinite = {"generator_steps": 0, "kd_steps": 0, "generator_resets": 0}
+        self._nonfinite = {"generator_steps": 0, "kd_steps": 0, "generator_resets": 0}
+        self._kd_nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device
+
+    # The sample memories stay where __init__ placed them: one assigned later (a resumed run's) is moved there.
+    @property
+    def memory(self) -> SampleMemory:
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: SampleMemory) -> None:
+        self._memory = value if value.mmap_path is not None else value.to(self.memory_device)
+
+    @property
+    def holdout(self) -> SampleMemory:
+        return self._holdout
+
+    @holdout.setter
+    def holdout(self, value: SampleMemory) -> None:
+        self._holdout = value.to(self.memory_device)
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        """The skipped-step counters (reading them waits for the device: once per epoch, not per step)."""
+        pending = int(self._kd_nonfinite)
+        if pending:
+            self._nonfinite["kd_steps"] += pending
+            self._kd_nonfinite.zero_()
+        return self._nonfinite
 
     # -- synthesis ---------------------------------------------------------------------------
     def build_generator(self) -> nn.Module:
@@ -129,7 +172,8 @@ class Distiller:
                 gen.embedding_norm = nn.Identity()
         else:
             gen = NoiseGenerator(self.input_shape, self.synth_stop - self.synth_start, cfg.noise_dim, cfg.ngf)
-        return gen.to(self.device).train()
+        gen = gen.to(self.device).train()
+        return to_channels_last(gen) if self.channels_last else gen
 
     def synthesize(self, adversarial: bool) -> dict[str, float]:
         """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory.
@@ -168,32 +212,44 @@ class Distiller:
 
     def _synthesis_steps(self, targets: torch.Tensor, optimizer: torch.optim.Optimizer, adversarial: bool
                          ) -> tuple[float, torch.Tensor | None, dict[str, float]]:
+        """The round's g_steps. The lowest-loss batch and the count of non-finite steps are kept on the device
+        and read once, at the end of the round: the host never waits for the GPU between steps."""
         cfg = self.cfg
         assert self.generator is not None
-        best_loss, best_images, best_parts = math.inf, None, {}
         new_bn_state = self.bn_state
+        best_loss = torch.full((), math.inf, device=self.device)
+        best_parts = torch.zeros(3, device=self.device)
+        best_images: torch.Tensor | None = None
+        skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         for _ in range(cfg.g_steps):
-            images = self.generator(targets)
-            augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
-            teacher_logits, stats = self.probe(augmented)
+            with self.amp.autocast():
+                images = self.generator(targets)
+                augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
+                augmented = channels_last_input(augmented, self.channels_last)
+                teacher_logits, stats = self.probe(augmented)
+                student_logits = self._student_forward(augmented) if adversarial else None
+            # Losses in float32, whatever the forwards ran in (the BN statistics are recorded in float32).
+            teacher_logits = teacher_logits.float()
             loss_bn, new_bn_state = bn_statistics_loss(stats, self.bn_state, cfg.bn_momentum)
             loss_oh = F.cross_entropy(teacher_logits, targets)
-            loss_adv = torch.zeros((), device=self.device)
-            if adversarial:
-                loss_adv = adversarial_loss(self.student(augmented), teacher_logits)
+            loss_adv = (adversarial_loss(student_logits.float(), teacher_logits) if student_logits is not None
+                        else torch.zeros((), device=self.device))
             loss = cfg.bn_weight * loss_bn + cfg.oh_weight * loss_oh + cfg.adv_weight * loss_adv
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                self.nonfinite["generator_steps"] += 1
-                continue
-            if loss_value < best_loss:
-                best_loss, best_images = loss_value, images.detach().clone()
-                best_parts = {"loss_bn": loss_bn.item(), "loss_oh": loss_oh.item(), "loss_adv": loss_adv.item()}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            finite = torch.isfinite(loss)
+            better = finite & (loss.detach() < best_loss)
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            best_parts = torch.where(better, torch.stack([loss_bn.to(self.device), loss_oh, loss_adv]).detach(),
+                                     best_parts)
+            kept = images.detach().float()
+            best_images = kept if best_images is None else torch.where(better, kept, best_images)
+            skipped += ~finite
+            backward_and_step(optimizer, loss, finite, self._g_scaler)
         self.bn_state = new_bn_state
-        return best_loss, best_images, best_parts
+        loss_value, bn, oh, adv, n_skipped = torch.cat([best_loss[None], best_parts, skipped[None]]).tolist()
+        self._nonfinite["generator_steps"] += int(n_skipped)
+        if not math.isfinite(loss_value):
+            return loss_value, None, {}
+        return loss_value, best_images, {"loss_bn": bn, "loss_oh": oh, "loss_adv": adv}
 
     def _store(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         """Most of each batch trains the student; a fixed share is held out to measure agreement."""
@@ -213,29 +269,31 @@ class Distiller:
         progress = min(1.0, progress)
         return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def kd_step(self) -> float:
+    def kd_step(self) -> torch.Tensor:
+        """One student step on a batch of the memory; returns the KD loss as a 0-dim tensor on the device (read
+        once per epoch, so the host runs ahead of the GPU)."""
         if self.dist.enabled:
             return self._kd_step_distributed()
         cfg = self.cfg
-        images, _ = self.memory.sample(cfg.kd_batch, self.rng)
-        images = random_crop_flip(images.to(self.device), self.pad, cfg.augment_flip, self.rng)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        self.student.train()
-        loss = kd_divergence(self.student(images), teacher_logits, cfg.temperature)
+        images, _ = self.memory.sample(cfg.kd_batch, self.rng, device=self.device)
+        images = random_crop_flip(images, self.pad, cfg.augment_flip, self.rng)
+        images = channels_last_input(images, self.channels_last)
+        with self.amp.autocast():
+            with torch.no_grad():
+                teacher_logits = self._teacher_forward(images)
+            self.student.train()
+            student_logits = self._student_forward(images)
+        loss = kd_divergence(student_logits.float(), teacher_logits.float(), cfg.temperature)
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            self.optimizer.step()
-        else:
-            self.nonfinite["kd_steps"] += 1
+        finite = torch.isfinite(loss)
+        backward_and_step(self.optimizer, loss, finite, self._kd_scaler)
+        self._kd_nonfinite += ~finite
         self.state.kd_step += 1
-        return loss.item()
+        return loss.detach()
 
-    def _kd_step_distributed(self) -> float:
+    def _kd_step_distributed(self) -> torch.Tensor:
         """One KD step under DDP: the batch indices come from the shared stream, each rank takes its own
         contiguous share of them; gradients are averaged by DDP. Every rank calls backward (a rank that
         skipped it would leave the others waiting) and the step is skipped on all ranks alike when the
@@ -243,25 +301,23 @@ class Distiller:
         cfg = self.cfg
         indices = self.memory.sample_indices(cfg.kd_batch, self.rng)
         start, stop = self.dist.share(len(indices))
-        images, _ = self.memory.get(indices[start:stop])
-        images = random_crop_flip(images.to(self.device), self.pad, cfg.augment_flip, self.local_rng)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        images, _ = self.memory.get(indices[start:stop], device=self.device)
+        images = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
+        images = channels_last_input(images, self.channels_last)
         model = self.ddp_student()
-        model.train()
-        loss = kd_divergence(model(images), teacher_logits, cfg.temperature)
+        with self.amp.autocast():
+            with torch.no_grad():
+                teacher_logits = self._teacher_forward(images)
+            model.train()
+            student_logits = model(images)
+        loss = kd_divergence(student_logits.float(), teacher_logits.float(), cfg.temperature)
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
-        if grads and bool(torch.stack([g.isfinite().all() for g in grads]).all()):
-            self.optimizer.step()
-        else:
-            self.nonfinite["kd_steps"] += 1
+        finite = backward_and_step(self.optimizer, loss, None, self._kd_scaler)
+        self._kd_nonfinite += ~finite
         self.state.kd_step += 1
-        return loss.item()
+        return loss.detach()
 
     def release(self) -> None:
         """Drop the DDP wrapper (and with it the reducer's hold on the process group) once training is over."""
@@ -327,7 +383,7 @@ class Distiller:
             tick()
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
-                losses={k: float(np.mean(v)) for k, v in losses.items()},
+                losses={k: _epoch_mean(v) for k, v in losses.items()},
                 agreement=self.holdout_agreement() if self.dist.is_main else None, lr=self.learning_rate(),
                 memory_size=len(self.memory))
             if eval_data is not None:
@@ -406,6 +462,15 @@ class Distiller:
                 torch.cuda.set_rng_state(own["cuda"], self.device)
         else:
             torch.set_rng_state(checkpoint["rng"]["torch"])
+
+
+def _epoch_mean(values: list[float | torch.Tensor]) -> float:
+    """Mean of an epoch's per-step losses, some of them 0-dim tensors still on the device (one wait for all)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if tensors:
+        read = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
+        values = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
+    return float(np.mean(values))
 
 
 def _numpy_state() -> list[int]:

@@ -1,4 +1,4 @@
-"""Bounded memory of synthetic samples: a uint8 ring buffer in RAM or in a memory-mapped file.
+"""Bounded memory of synthetic samples: a uint8 ring buffer in RAM, in a memory-mapped file, or on a GPU.
 
 The reference implementation writes every synthetic batch as PNGs to an ever-growing folder; here the
 memory holds at most ``capacity`` samples (the oldest are overwritten) and is saved with the run so later
@@ -18,19 +18,26 @@ import torch
 class SampleMemory:
     """Ring buffer of images (stored as uint8, like the reference's PNGs) with their target labels."""
 
-    def __init__(self, capacity: int, image_shape: tuple[int, int, int], mmap_path: str | Path | None = None):
+    def __init__(self, capacity: int, image_shape: tuple[int, int, int], mmap_path: str | Path | None = None,
+                 device: torch.device | str = "cpu"):
         if capacity <= 0:
             raise ValueError("memory capacity must be positive")
         self.capacity = capacity
         self.image_shape = tuple(image_shape)
         self.mmap_path = Path(mmap_path) if mmap_path is not None else None
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.mmap_path is not None and self.device.type != "cpu":
+            raise ValueError("a memory-mapped sample memory lives on the host")
         shape = (capacity, *self.image_shape)
         if self.mmap_path is None:
-            self._images = np.zeros(shape, dtype=np.uint8)
+            self._images = torch.zeros(shape, dtype=torch.uint8, device=self.device)
         else:
             self.mmap_path.parent.mkdir(parents=True, exist_ok=True)
-            self._images = np.lib.format.open_memmap(self.mmap_path, mode="w+", dtype=np.uint8, shape=shape)
-        self._labels = np.zeros(capacity, dtype=np.int64)
+            self._images = torch.from_numpy(
+                np.lib.format.open_memmap(self.mmap_path, mode="w+", dtype=np.uint8, shape=shape))
+        self._labels = torch.zeros(capacity, dtype=torch.int64, device=self.device)
         self.size = 0
         self.next_index = 0
         self.total_added = 0
@@ -42,32 +49,59 @@ class SampleMemory:
     def nbytes(self) -> int:
         return self._images.nbytes + self._labels.nbytes
 
+    def to(self, device: torch.device | str) -> "SampleMemory":
+        """This memory with its storage on ``device``: itself when already there, else a copy (in RAM on the host)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device == self.device:
+            return self
+        moved = SampleMemory(self.capacity, self.image_shape, device=device)
+        moved._images.copy_(self._images)
+        moved._labels.copy_(self._labels)
+        moved.size, moved.next_index, moved.total_added = self.size, self.next_index, self.total_added
+        return moved
+
+    @staticmethod
+    def bytes_needed(capacity: int, image_shape: tuple[int, ...]) -> int:
+        return capacity * (int(np.prod(image_shape)) + 8)
+
     def add(self, images01: torch.Tensor, labels: torch.Tensor) -> None:
         """Store a batch of images in [0, 1] (N×C×H×W) with their labels, overwriting the oldest."""
-        images = (images01.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        labels_np = labels.detach().cpu().numpy().astype(np.int64)
+        images = (images01.detach().clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        labels = labels.detach().to(self.device, torch.int64)
         n = added = images.shape[0]
         if n > self.capacity:
-            images, labels_np, n = images[-self.capacity:], labels_np[-self.capacity:], self.capacity
+            images, labels, n = images[-self.capacity:], labels[-self.capacity:], self.capacity
         first = min(n, self.capacity - self.next_index)
         self._images[self.next_index:self.next_index + first] = images[:first]
-        self._labels[self.next_index:self.next_index + first] = labels_np[:first]
+        self._labels[self.next_index:self.next_index + first] = labels[:first]
         if first < n:
             self._images[: n - first] = images[first:]
-            self._labels[: n - first] = labels_np[first:]
+            self._labels[: n - first] = labels[first:]
         self.next_index = (self.next_index + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
         self.total_added += added
 
-    def get(self, indices: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(indices)
-        images = torch.from_numpy(np.ascontiguousarray(self._images[idx])).float().div_(255)
-        return images, torch.from_numpy(self._labels[idx].copy())
+    def get(self, indices: torch.Tensor | np.ndarray, device: torch.device | str = "cpu"
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] (float32) and labels of ``indices``, on ``device``. From host memory to a GPU the
+        uint8 pixels travel (a quarter of the float bytes) from pinned memory without blocking the host."""
+        device = torch.device(device)
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        if self.device.type != "cpu":
+            idx = idx.to(self.device, non_blocking=True)
+        pixels, labels = self._images[idx], self._labels[idx]
+        if device.type == "cuda" and self.device.type == "cpu":
+            pixels, labels = pixels.pin_memory(), labels.pin_memory()
+        # Only copies towards a GPU may run ahead of the host; one to the host must be complete when it returns.
+        ahead = device.type == "cuda"
+        return pixels.to(device, non_blocking=ahead).float().div_(255), labels.to(device, non_blocking=ahead)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch (with replacement across calls, without within one batch when possible)."""
-        return self.get(self.sample_indices(batch_size, generator))
+        return self.get(self.sample_indices(batch_size, generator), device)
 
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> np.ndarray:
         """The indices :meth:`sample` would read: ranks that share ``generator``'s state draw the same batch
@@ -80,8 +114,8 @@ class SampleMemory:
             indices = torch.randint(0, self.size, (batch_size,), generator=generator)
         return indices.numpy()
 
-    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.get(np.arange(self.size))
+    def all(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get(np.arange(self.size), device)
 
     def state_dict(self) -> dict:
         return {
@@ -100,24 +134,24 @@ class SampleMemory:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
-    def _ordered(self, array: np.ndarray) -> np.ndarray:
+    def _ordered(self, tensor: torch.Tensor) -> np.ndarray:
         """Oldest first, so that reloading and adding continues the ring in the same order."""
         if self.size < self.capacity:
-            return np.asarray(array[: self.size])
-        return np.concatenate([array[self.next_index:], array[: self.next_index]])
+            return tensor[: self.size].cpu().numpy()
+        return torch.cat([tensor[self.next_index:], tensor[: self.next_index]]).cpu().numpy()
 
     @classmethod
-    def load(cls, path: str | Path | BinaryIO, capacity: int | None = None, mmap_path: str | Path | None = None
-             ) -> "SampleMemory":
+    def load(cls, path: str | Path | BinaryIO, capacity: int | None = None, mmap_path: str | Path | None = None,
+             device: torch.device | str = "cpu") -> "SampleMemory":
         """A memory saved by :meth:`save`, from a path or an open binary file."""
         with np.load(path, allow_pickle=False) as data:
             images, labels = data["images"], data["labels"]
             saved_capacity = int(data["capacity"])
             total_added = int(data["total_added"])
-        memory = cls(capacity or saved_capacity, tuple(images.shape[1:]), mmap_path)
+        memory = cls(capacity or saved_capacity, tuple(images.shape[1:]), mmap_path, device)
         keep = min(len(images), memory.capacity)
-        memory._images[:keep] = images[len(images) - keep:]
-        memory._labels[:keep] = labels[len(labels) - keep:]
+        memory._images[:keep] = torch.from_numpy(images[len(images) - keep:]).to(memory.device)
+        memory._labels[:keep] = torch.from_numpy(labels[len(labels) - keep:].astype(np.int64)).to(memory.device)
         memory.size = keep
         memory.next_index = keep % memory.capacity
         memory.total_added = total_added

@@ -110,7 +110,7 @@ def test_uint8_round_trip_error_is_at_most_half_a_level():
     error = (stored - images).abs().max().item()
     assert error <= 0.5 / 255 + 1e-6
     assert error > 0  # really quantized, not stored as float
-    assert memory._images.dtype == np.uint8
+    assert memory._images.dtype == torch.uint8
 
 
 def test_out_of_range_values_are_clamped():

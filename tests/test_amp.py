@@ -1,0 +1,161 @@
+"""Mixed precision and the device-side step skipping of the distillation loop (nayer_edge.amp), on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nayer_edge.amp import Amp, backward_and_step, resolve_amp
+from nayer_edge.bn_probe import BNProbe
+from nayer_edge.config import load_config
+from nayer_edge.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+def test_auto_is_fp32_on_the_cpu_and_names_are_checked():
+    assert resolve_amp("auto", CPU) == "fp32"
+    assert resolve_amp("bf16", CPU) == "bf16" and resolve_amp("fp16", CPU) == "fp16"
+    assert Amp.for_device("fp32", CPU).dtype is None and Amp.for_device("bf16", CPU).dtype is torch.bfloat16
+    assert Amp.for_device("fp16", CPU).new_scaler() is not None and Amp.for_device("bf16", CPU).new_scaler() is None
+    with pytest.raises(UserError, match="amp must be one of"):
+        resolve_amp("int4", CPU)
+    with pytest.raises(UserError, match="not one of"):
+        load_config(None, {"amp": "int4"})
+    with pytest.raises(UserError, match="memory_device_budget"):
+        load_config(None, {"memory_device_budget": 1.5})
+    with pytest.raises(UserError, match="true or false"):
+        load_config(None, {"channels_last": "yes"})
+
+
+def _params(seed: int = 0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(4, 3, 3, 3, generator=g)), nn.Parameter(torch.randn(7, generator=g))]
+
+
+def _loss(params: list[nn.Parameter], x: torch.Tensor) -> torch.Tensor:
+    return (params[0].sum() * x).pow(2).mean() + (params[1] * x[:7]).sum()
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True),
+    lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.5, 0.999), fused=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),  # not fused: decided on the host
+], ids=["fused-sgd", "fused-adam", "plain-sgd"])
+def test_a_step_with_a_non_finite_loss_leaves_parameters_and_state_alone(make):
+    params = _params()
+    optimizer = make(params)
+    before = [p.detach().clone() for p in params]
+    x = torch.linspace(-1, 1, 16)
+    loss = _loss(params, x) * float("nan")
+    ok = backward_and_step(optimizer, loss, torch.isfinite(loss))
+    assert not bool(ok)
+    assert all(torch.equal(b, p) for b, p in zip(before, params))
+    state = [s for s in optimizer.state.values() if s]
+    assert all(float(v.abs().sum()) == 0 for s in state for v in s.values() if isinstance(v, torch.Tensor)), state
+    # The next, finite step is the first step any optimizer would take (a skipped first step leaves no trace).
+    reference = _params()
+    ref_opt = make(reference)
+    for _ in range(3):
+        loss = _loss(params, x)
+        backward_and_step(optimizer, loss, torch.isfinite(loss))
+        ref_opt.zero_grad()
+        _loss(reference, x).backward()
+        ref_opt.step()
+    assert all(torch.equal(p, r) for p, r in zip(params, reference))
+
+
+def test_fused_sgd_through_backward_and_step_tracks_torch_sgd():
+    """The student's optimizer became fused so that skipped steps need no host sync: the same update as the
+    for-loop SGD up to float rounding (the fused kernel's momentum update differs by at most an ulp or so)."""
+    params, reference = _params(1), _params(1)
+    fused = torch.optim.SGD(params, lr=0.2, momentum=0.9, weight_decay=1e-4, fused=True)
+    plain = torch.optim.SGD(reference, lr=0.2, momentum=0.9, weight_decay=1e-4)
+    for step in range(5):
+        x = torch.randn(16, generator=torch.Generator().manual_seed(step))
+        loss = _loss(params, x)
+        backward_and_step(fused, loss, torch.isfinite(loss))
+        plain.zero_grad()
+        _loss(reference, x).backward()
+        plain.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-6)
+
+
+def test_grad_check_when_no_flag_is_given():
+    params = _params()
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=True)
+    before = [p.detach().clone() for p in params]
+    # A finite loss whose gradient is not: sqrt at 0.
+    loss = (params[0].sum() * 0).sqrt() + params[1].sum()
+    ok = backward_and_step(optimizer, loss)
+    assert not bool(ok) and all(torch.equal(b, p) for b, p in zip(before, params))
+
+
+def test_fp16_scaler_skips_a_non_finite_loss():
+    params = _params()
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=True)
+    scaler = Amp.for_device("fp16", CPU).new_scaler()
+    before = [p.detach().clone() for p in params]
+    loss = _loss(params, torch.linspace(-1, 1, 16)) * float("inf")
+    backward_and_step(optimizer, loss, torch.isfinite(loss), scaler)
+    assert all(torch.equal(b, p) for b, p in zip(before, params))
+    loss = _loss(params, torch.linspace(-1, 1, 16))
+    for _ in range(30):  # the scale backs off from 2**16 until the fp32 gradients fit; then steps are taken
+        backward_and_step(optimizer, _loss(params, torch.linspace(-1, 1, 16)), torch.ones((), dtype=torch.bool),
+                          scaler)
+    assert not all(torch.equal(b, p) for b, p in zip(before, params))
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_bn_statistics_are_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4))
+    model.eval()
+    x = torch.rand(16, 3, 12, 12)
+    with BNProbe(model) as probe:
+        _, reference = probe(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, stats = probe(x)
+    assert out.dtype == torch.bfloat16
+    for s, r in zip(stats, reference):
+        assert s.batch_mean.dtype == torch.float32 and s.batch_var.dtype == torch.float32
+        # The layer input itself is bf16 (8 bits of mantissa): its moments agree to about 1 %.
+        torch.testing.assert_close(s.batch_var, r.batch_var, rtol=0.03, atol=1e-3)
+
+
+def test_the_inner_loops_never_read_a_tensor_on_the_host(monkeypatch):
+    """KD steps read nothing back; a synthesis round reads once, at its end (on a GPU each read is a wait)."""
+    from nayer_edge.embeddings import onehot_embeddings
+    from nayer_edge.engine import Distiller
+    from nayer_edge.normalize import NormalizedModel
+    from nayer_edge.zoo import create_model
+
+    torch.manual_seed(0)
+    config = load_config(None, {"student": "cnn_tiny", "synthesis_batch": 20, "kd_batch": 16, "g_steps": 3,
+                                "ngf": 8, "noisy_dim": 32, "memory_capacity": 100, "device": "cpu"})
+    teacher = NormalizedModel(create_model("cnn_small", num_classes=10, in_channels=1, input_size=16), [0.5], [0.5])
+    student = NormalizedModel(create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16), [0.5], [0.5])
+    distiller = Distiller(teacher, student, onehot_embeddings(10), config, (1, 16, 16), 10, CPU)
+    distiller.generator = distiller.build_generator()
+    distiller.synthesize(adversarial=True)
+
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    losses = [distiller.kd_step() for _ in range(5)]
+    assert reads == [], reads
+    assert all(isinstance(v, torch.Tensor) for v in losses)
+    distiller.synthesize(adversarial=True)
+    assert reads == ["tolist"], reads
+    monkeypatch.undo()
+    assert all(math.isfinite(float(v)) for v in losses)
