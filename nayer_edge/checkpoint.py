@@ -22,8 +22,10 @@ from .memory import SampleMemory
 CHECKPOINT = "checkpoint.pt"
 MEMORY = "samples.npz"
 HOLDOUT = "holdout.npz"
-# Keys that may change between an interrupted run and its --resume.
-RESUMABLE_CHANGES = {"epochs", "time_budget", "device", "threads"}
+# Keys that may change between an interrupted run and its --resume (how the device is used included: a run
+# may continue on another device, where ``amp: auto`` means something else anyway).
+RESUMABLE_CHANGES = {"epochs", "time_budget", "device", "threads", "amp", "channels_last", "compile",
+                     "memory_device_budget"}
 _CHUNK = 4096  # samples converted at a time, so a large memory is never copied whole as float32
 
 

@@ -159,3 +159,40 @@ def test_the_inner_loops_never_read_a_tensor_on_the_host(monkeypatch):
     assert reads == ["tolist"], reads
     monkeypatch.undo()
     assert all(math.isfinite(float(v)) for v in losses)
+
+
+def test_a_momentum_buffer_in_another_memory_format_is_laid_out_like_its_parameter():
+    """A run resumed with channels_last switched on: fused kernels walk parameter and buffer as flat memory."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    reference = nn.Conv2d(3, 4, 3)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.rand(2, 3, 6, 6)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, fused=True)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for model, optimizer in ((conv, opt), (reference, ref_opt)):  # one step in the usual layout
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    conv.to(memory_format=torch.channels_last)
+    assert opt.state[conv.weight]["momentum_buffer"].is_contiguous()  # still NCHW: the layouts now differ
+    for _ in range(2):
+        loss = conv(x).square().mean()
+        backward_and_step(opt, loss, torch.isfinite(loss))
+        ref_opt.zero_grad()
+        reference(x).square().mean().backward()
+        ref_opt.step()
+    assert opt.state[conv.weight]["momentum_buffer"].stride() == conv.weight.stride()
+    torch.testing.assert_close(conv.weight, reference.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_accepts_other_device_settings(tmp_path):
+    from nayer_edge.atomic import atomic_torch_save
+    from nayer_edge.checkpoint import CHECKPOINT, read_checkpoint
+
+    saved = load_config(None, {"amp": "fp32", "channels_last": False})
+    atomic_torch_save(tmp_path / CHECKPOINT, {"config": saved.to_dict()})
+    changed = load_config(None, {"amp": "bf16", "channels_last": True, "compile": True, "memory_device_budget": 0.5})
+    assert read_checkpoint(tmp_path, changed) is not None
+    with pytest.raises(UserError, match="different settings"):
+        read_checkpoint(tmp_path, load_config(None, {"kd_batch": 7}))
