@@ -19,7 +19,8 @@ The projection of the full run is ``warmup_epochs × warm-up epoch + (epochs −
 the recipe's schedule (per-epoch evaluation and checkpoint writing are not included), against the ≈7.2
 GPU-hours the NAYER paper plots for its 300-epoch CIFAR-100 run (REFERENCE.md). ``--quick`` shrinks batches
 and steps so the script runs on a CPU in seconds: its figures are for this script's test and for comparing
-variants on the CPU, and no projection is made from them.
+variants on the CPU, and no projection is made from them. ``--repeats N`` interleaves the variants N times
+and reports medians (on a shared machine load drifts).
 """
 
 from __future__ import annotations
@@ -72,6 +73,21 @@ def projection(recipe, warm_epoch_s: float, epoch_s: float) -> dict:
     hours = (recipe.warmup_epochs * warm_epoch_s + (recipe.epochs - recipe.warmup_epochs) * epoch_s) / 3600
     return {"projected_full_run_h": round(hours, 2), "paper_over_projected": round(PAPER_GPU_HOURS / hours, 1),
             "under_one_hour": hours < GOAL_HOURS}
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The first row with every numeric measurement replaced by its median over the repeats."""
+    import statistics
+
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, float):
+            out[key] = round(statistics.median(r[key] for r in rows), 2)
+    out["losses_finite"] = all(r["losses_finite"] for r in rows)
+    if "projected_full_run_h" in out:
+        hours = out["projected_full_run_h"]
+        out.update({"paper_over_projected": round(PAPER_GPU_HOURS / hours, 1), "under_one_hour": hours < GOAL_HOURS})
+    return out
 
 
 def synchronize(device) -> None:
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="timed adversarial synthesis rounds [5; quick 2]")
     parser.add_argument("--kd-steps", type=int, default=None, help="timed KD steps [100; quick 4]")
     parser.add_argument("--quick", action="store_true", help="small batches and few steps (a CPU smoke run)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads [default: torch's]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-gpu-speed.json")
     args = parser.parse_args(argv)
@@ -180,10 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  else CPU_VARIANTS)).split(",")]
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
-    rows = []
-    for variant in variants:
-        rows.append(measure(variant, args, device))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {v.name: [] for v in variants}
+    for repeat in range(args.repeats):  # interleaved, so that load drift touches every variant alike
+        for variant in variants:
+            runs[variant.name].append(measure(variant, args, device))
+            print(f"repeat {repeat + 1}/{args.repeats}", json.dumps(runs[variant.name][-1]), file=sys.stderr, flush=True)
+    rows = [median_row(r) for r in runs.values()]
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"\n{args.recipe}: {args.teacher} → {args.student or 'recipe student'} on {name}"
@@ -200,9 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "cuda": torch.version.cuda, "load_average_1min_at_end": os.getloadavg()[0]},
         "settings": {"recipe": args.recipe, "teacher": args.teacher, "student": args.student,
-                     "image_size": args.image_size, "rounds": args.rounds,
+                     "image_size": args.image_size, "rounds": args.rounds, "repeats": args.repeats,
                      "kd_steps": args.kd_steps, "quick_overrides": QUICK if args.quick else None},
         "paper_gpu_hours": PAPER_GPU_HOURS, "goal_hours": GOAL_HOURS, "variants": rows,
+        "runs": runs if args.repeats > 1 else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))

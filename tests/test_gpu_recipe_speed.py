@@ -24,7 +24,7 @@ def test_quick_run_on_the_cpu_writes_every_variant(tmp_path):
     out = tmp_path / "speed.json"
     record = _bench().main(["--quick", "--device", "cpu", "--teacher", "cnn_small", "--student", "cnn_tiny",
                             "--image-size", "16", "--variants", "fp32,bf16+channels_last", "--threads", "1",
-                            "--out", str(out)])
+                            "--repeats", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == record and record["quick"] and record["device_type"] == "cpu"
     rows = {r["variant"]: r for r in record["variants"]}
     assert set(rows) == {"fp32", "bf16+channels_last"}
@@ -33,6 +33,9 @@ def test_quick_run_on_the_cpu_writes_every_variant(tmp_path):
         assert row["losses_finite"] and row["synthetic_images_per_s"] > 0 and row["kd_images_per_s"] > 0
         assert row["warmup_epoch_s"] > 0 and row["epoch_s"] > 0 and row["peak_gpu_memory_gib"] is None
         assert "projected_full_run_h" not in row  # never projected from the quick settings
+        runs = record["runs"][row["variant"]]
+        assert len(runs) == 2 and row["kd_images_per_s"] == pytest.approx(
+            (runs[0]["kd_images_per_s"] + runs[1]["kd_images_per_s"]) / 2, abs=0.01)  # median of two
 
 
 def test_projection_follows_the_recipe_schedule():
