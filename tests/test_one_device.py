@@ -134,3 +134,21 @@ def test_cuda_kd_steps_never_wait_for_the_gpu(budget):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(v) for v in losses)
+
+
+def test_cli_options_reach_the_run(digits_teacher, tmp_path):
+    import json
+
+    from conftest import TEST_RECIPE, run_cli
+
+    args = ["distill", str(digits_teacher.path), "--out", str(tmp_path / "run"), "--recipe", TEST_RECIPE,
+            "--epochs", "1", "--synthesis-batch", "40", "--kd-batch", "32", "--kd-steps", "5", "--g-steps", "2",
+            "--device", "cpu", "--embedding", "onehot", "--json"]
+    result = run_cli(*args, "--amp", "bf16", "--channels-last", "--no-compile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["amp"] == "bf16" and metrics["channels_last"] is True and metrics["memory_device"] == "cpu"
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["amp"] == "bf16" and saved["channels_last"] is True and saved["compile"] is False
+    bad = run_cli(*args, "--amp", "int4")
+    assert bad.returncode == 2 and "int4" in bad.stderr
