@@ -225,6 +225,51 @@ def stamp_mismatch(stamp: Dict[str, Any], *, tensorrt_version: str, gpu: Dict[st
     return None
 
 
+def engine_mismatch(engine_path: str, here: Dict[str, Any], onnx_sha256: Optional[str] = None,
+                    shown: Optional[str] = None) -> Optional[str]:
+    """``None`` when the engine at ``engine_path`` may run on this machine (``here``: ``this_machine()``), else
+    one line: the engine, what it was built for, what this machine has, and the fix. A machine without
+    TensorRT or without a GPU can run no engine at all. ``shown``: the engine's name in the message."""
+    stamp = read_stamp(engine_path)
+    if not stamp or stamp.get("format") != STAMP_FORMAT:
+        built = "an unknown TensorRT and GPU (no valid stamp {})".format(os.path.basename(stamp_path(engine_path)))
+    else:
+        built = "TensorRT {} on {}".format(stamp.get("tensorrt"), _describe_gpu(
+            stamp.get("gpu_name"), stamp.get("compute_capability")))
+    gpu = here.get("gpu") or {}
+    trt_version = here.get("tensorrt")
+    if trt_version and gpu.get("name"):
+        reason = stamp_mismatch(stamp or {}, tensorrt_version=trt_version, gpu=gpu, onnx_sha256=onnx_sha256,
+                                engine_sha256=bundle_io.sha256_file(engine_path))
+        if reason is None:
+            return None
+        machine = "TensorRT {} on {} ({})".format(trt_version, _describe_gpu(gpu.get("name"),
+                                                                             gpu.get("compute_capability")),
+                                                   reason.split(";")[0])
+    else:
+        missing = [what for what, present in (("TensorRT", trt_version), ("GPU", gpu.get("name"))) if not present]
+        machine = "no {}, so it can run no engine".format(" and no ".join(missing))
+    return ("engine {} was built for {}, but this machine has {}; rebuild it on the machine that will run it "
+            "with: python3 scripts/build_engine.py --force (or move it out of the bundle to check the ONNX "
+            "alone)".format(shown or engine_path, built, machine))
+
+
+def _describe_gpu(name: Optional[str], compute_capability: Optional[str]) -> str:
+    return "{}{}".format(name or "an unknown GPU",
+                         " (compute capability {})".format(compute_capability) if compute_capability else "")
+
+
+def this_machine() -> Dict[str, Any]:
+    """The TensorRT version (``None`` when its Python module does not import) and GPU 0 (``detect_gpu``)."""
+    try:
+        import tensorrt as trt
+
+        version: Optional[str] = str(trt.__version__)
+    except Exception:  # noqa: BLE001 - a broken install is as good as none here
+        version = None
+    return {"tensorrt": version, "gpu": detect_gpu()}
+
+
 def stamp_path(engine_path: str) -> str:
     return engine_path + STAMP_SUFFIX
 

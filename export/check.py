@@ -7,7 +7,10 @@
 
 In order:
   1. integrity: the sha256 of every file listed in manifest.json, and the manifest's own hash. A changed or
-     missing file fails the ``integrity`` gate (exit 1) naming the file, before anything runs.
+     missing file fails the ``integrity`` gate (exit 1) naming the file, before anything runs. Then every
+     engine in the bundle (and ``--engine``) must be one this machine can run, whatever the backend: an
+     engine stamped for another TensorRT or GPU, or any engine on a machine without TensorRT or a GPU, is
+     bad input (exit 2) naming the engine, what it was built for, what this machine has, and the fix;
   2. the model, through TensorRT (the bundle's engine, refused if its stamp does not match this TensorRT
      and GPU) or onnxruntime (the bundle's ONNX on the CPU);
   3. parity on reference.npz against the outputs recorded when the bundle was made (lowest per-sample
@@ -137,6 +140,27 @@ class OnnxRuntimeRunner:
 
     def close(self) -> None:
         pass
+
+
+def refuse_foreign_engines(bundle_dir: str, manifest: Dict[str, Any], engine_path: Optional[str]) -> None:
+    """BadInput for the first engine (``*.engine`` in the bundle, and ``--engine``) that cannot run here."""
+    engines = []
+    for root, dirs, names in os.walk(bundle_dir):
+        dirs[:] = sorted(d for d in dirs if d not in ("scripts", "__pycache__"))
+        engines += [os.path.join(root, name) for name in sorted(names) if name.endswith(".engine")]
+    if engine_path and os.path.isfile(engine_path) and os.path.abspath(engine_path) not in engines:
+        engines.append(os.path.abspath(engine_path))
+    if not engines:
+        return
+    import build_engine
+
+    here = build_engine.this_machine()
+    onnx_sha256 = manifest["files"].get(manifest["model"]["file"])
+    for engine in engines:
+        shown = os.path.relpath(engine, bundle_dir) if engine.startswith(bundle_dir + os.sep) else engine
+        reason = build_engine.engine_mismatch(engine, here, onnx_sha256, shown=shown)
+        if reason:
+            raise BadInput(reason)
 
 
 def open_tensorrt(bundle_dir: str, manifest: Dict[str, Any], engine_path: Optional[str], verbose: bool) -> Any:
@@ -350,6 +374,7 @@ def run_check(args: argparse.Namespace) -> Dict[str, Any]:
     gates: List[Dict[str, Any]] = [gate("integrity", None, None, True, "{} files match the manifest".format(
         len(checked)))]
 
+    refuse_foreign_engines(bundle, manifest, args.engine)
     if args.backend == "onnxruntime":
         runner: Any = OnnxRuntimeRunner(os.path.join(bundle, manifest["model"]["file"]), args.threads)
     else:

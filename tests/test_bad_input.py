@@ -172,7 +172,31 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
     student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16).eval()
     onnx = export_onnx(student, d / "student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
                        fold_normalization=True, classes=DIGIT_CLASSES)
+    make_bad_bundles(d, Path(onnx), DIGIT_CLASSES)
     return Kit(d, digits_teacher, Path(onnx))
+
+
+def make_bad_bundles(d: Path, onnx: Path, classes: list[str]) -> None:
+    """A good Jetson bundle, then copies with a file missing, a file changed, an engine stamped for another
+    GPU and TensorRT, and an engine without a stamp (an engine must be one this machine can run)."""
+    import shutil
+
+    from nayer_edge.bundle import make_bundle
+
+    good = d / "bundle_good"
+    make_bundle(onnx, good, target="jetson-orin-nx", precision="fp32", classes=classes, input_shape=(1, 16, 16),
+                mean=[0.5], std=[0.5], input_convention="images01",
+                reference_images=np.random.default_rng(0).random((8, 1, 16, 16)).astype(np.float32))
+    for name in ("bundle_missing_file", "bundle_changed_file", "bundle_foreign_engine", "bundle_unstamped_engine"):
+        shutil.copytree(good, d / name)
+    (d / "bundle_missing_file" / "labels.txt").unlink()
+    with open(d / "bundle_changed_file" / "labels.txt", "a") as handle:
+        handle.write("ten\n")
+    for name in ("bundle_foreign_engine", "bundle_unstamped_engine"):
+        (d / name / "model.engine").write_bytes(os.urandom(256))
+    (d / "bundle_foreign_engine" / "model.engine.json").write_text(json.dumps({
+        "format": "nayer-edge-engine-stamp", "tensorrt": "10.3.0.30", "gpu_name": "Orin", "gpu_source": "cuda",
+        "compute_capability": "8.7", "precision": "fp32", "dla_core": None}))
 
 
 def shutil_copy(src: Path, dst: Path) -> None:
@@ -304,6 +328,14 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
     "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
     "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
     "verify-missing-reference": (command("verify", "{onnx}", "--reference", "{d}/nowhere"), ("reference", "nowhere")),
+    # ---- deploy bundles
+    "bundle-missing-file": (command("verify", "{d}/bundle_missing_file"), ("labels.txt is missing",)),
+    "bundle-hash-mismatch": (command("verify", "{d}/bundle_changed_file"), ("labels.txt sha256 mismatch",)),
+    "bundle-engine-for-another-gpu": (command("verify", "{d}/bundle_foreign_engine"),
+                                      ("engine model.engine", "built for TensorRT 10.3.0.30 on Orin (compute "
+                                       "capability 8.7)", "this machine has", "scripts/build_engine.py")),
+    "bundle-engine-without-stamp": (command("verify", "{d}/bundle_unstamped_engine"),
+                                    ("engine model.engine", "no valid stamp", "scripts/build_engine.py")),
 }
 
 

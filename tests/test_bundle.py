@@ -321,9 +321,14 @@ def test_missing_and_smuggled_files_are_refused(models, tmp_path):
     with pytest.raises(BundleIntegrityError, match="scripts/numpy.py is not listed"):
         verify_bundle(restored)
     (restored / "scripts" / "numpy.py").unlink()
-    (restored / "model.engine").write_bytes(b"built on the device")  # device outputs are allowed
-    (restored / "check.json").write_text("{}")
+    (restored / "check.json").write_text("{}")  # results written on the device are allowed
     assert verify_bundle(restored, latency_seconds=0.05)["passed"]
+    # An engine is not a file the integrity check refuses, but one that cannot run here (no TensorRT and GPU
+    # on this machine, no stamp) is: it names the engine and the fix.
+    (restored / "model.engine").write_bytes(b"built on the device")
+    with pytest.raises(UserError, match="engine model.engine was built for an unknown TensorRT and GPU .*"
+                                        "build_engine.py --force"):
+        verify_bundle(restored, latency_seconds=0.05)
 
 
 def test_verify_bundle_bad_input(tmp_path):

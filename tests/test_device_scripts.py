@@ -269,6 +269,33 @@ def test_stamp_match_and_mismatch_messages():
     assert "no valid stamp" in build_engine.stamp_mismatch({}, tensorrt_version="10.3.0.30", gpu=here)
 
 
+def test_engine_mismatch_names_the_engine_what_it_was_built_for_and_this_machine(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    stamp = _stamp()
+    stamp["engine_sha256"] = None  # the bytes above are not a real engine
+    (tmp_path / "model.engine.json").write_text(json.dumps(stamp))
+    orin = {"name": "Orin", "compute_capability": "8.7", "source": "cuda"}
+    assert build_engine.engine_mismatch(str(engine), {"tensorrt": "10.3.0.30", "gpu": orin}, "a" * 64) is None
+    built = "built for TensorRT 10.3.0.30 on Orin (compute capability 8.7)"
+    cases = [
+        ({"tensorrt": None, "gpu": {"name": None}}, "this machine has no TensorRT and no GPU, so it can run no engine"),
+        ({"tensorrt": "10.3.0.30", "gpu": {"name": None}}, "this machine has no GPU"),
+        ({"tensorrt": None, "gpu": orin}, "this machine has no TensorRT,"),
+        ({"tensorrt": "10.3.0.30", "gpu": {"name": "Xavier", "compute_capability": "7.2", "source": "cuda"}},
+         "this machine has TensorRT 10.3.0.30 on Xavier (compute capability 7.2) (engine built for compute "
+         "capability 8.7"),
+        ({"tensorrt": "8.6.2", "gpu": orin}, "(engine built with TensorRT 10.3.0.30 but this is TensorRT 8.6.2)"),
+    ]
+    for here, expected in cases:
+        message = build_engine.engine_mismatch(str(engine), here, "a" * 64, shown="model.engine")
+        assert message.startswith("engine model.engine was " + built) and expected in message, message
+        assert "\n" not in message and "python3 scripts/build_engine.py --force" in message
+    (tmp_path / "model.engine.json").unlink()
+    message = build_engine.engine_mismatch(str(engine), {"tensorrt": "10.3.0.30", "gpu": orin})
+    assert "an unknown TensorRT and GPU (no valid stamp model.engine.json)" in message
+
+
 def test_detect_gpu_never_raises():
     gpu = build_engine.detect_gpu()
     assert set(gpu) >= {"name", "compute_capability", "source"}
