@@ -111,6 +111,8 @@ class DistillConfig:
             raise UserError("config: temperature, lr and lr_g must be positive")
         if self.qat_epochs <= 0 or self.qat_lr <= 0 or self.qat_batch <= 0:
             raise UserError("config: qat_epochs, qat_lr and qat_batch must be positive")
+        if not 0.0 <= self.qat_fp32_anchor <= 1.0:
+            raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"config: time_budget must be positive seconds, got {self.time_budget}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -119,8 +121,6 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-        if not 0.0 <= self.qat_fp32_anchor <= 1.0:
-            raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
