@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .interrupt import Interrupted, abort_on_signals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free distillation (NAYER) and edge deployment of image classifiers.")
@@ -173,7 +175,7 @@ def compress(
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
-    as_json: JsonOpt = False,
+    resume: ResumeOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from .compress import compress as run_compress
@@ -181,7 +183,7 @@ def compress(
     config = _config(recipe, locals())
     metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
                            precision=precision.value if precision else None, qat=qat,
-                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, resume=resume,
                            show_progress=not as_json or sys.stderr.isatty(),
                            **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
     _print_result(metrics, as_json, f"compress → {metrics['target']}")
@@ -245,14 +247,15 @@ def demo(
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of distillation.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    as_json: JsonOpt = False,
+    resume: ResumeOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """The main job on a built-in teacher: handwritten digits, compressed without their images."""
     from .config import load_config
     from .demo import demo as run_demo
 
     config = load_config("demo-digits", {"time_budget": time_budget, "epochs": epochs, "seed": seed})
-    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty(), target=target)
+    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty(), target=target,
+                       resume=resume)
     _print_result(metrics, as_json, f"demo: digits teacher → student for {metrics['target']}, no training data")
     if not as_json:
         _print_deployment(metrics)
@@ -442,12 +445,28 @@ def recipes() -> None:
         console.print(name)
 
 
+def _interrupted_line(err: Interrupted, argv: list[str]) -> str:
+    """One line: what stopped the run, where its checkpoint is, and the command that continues it."""
+    again = shlex.join(["nayer-edge", *argv])
+    resume = shlex.join(["nayer-edge", *argv, *([] if "--resume" in argv else ["--resume"])])
+    if err.graceful:
+        return (f"stopped by {err.signal_name} {err.where}: checkpoint {err.checkpoint}; "
+                f"resume with: {resume}")
+    if err.checkpoint is not None:
+        return (f"aborted by {err.signal_name}; the last checkpoint, {err.checkpoint}, is intact; "
+                f"resume with: {resume}")
+    if argv and argv[0] in ("distill", "compress", "demo"):
+        return f"aborted by {err.signal_name} before any checkpoint was written; start again with: {again}"
+    return f"aborted by {err.signal_name}"
+
+
 def main() -> None:
+    abort_on_signals()
     try:
         app()
     except UserError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: the last finished epoch is checkpointed; continue with --resume")
-        sys.exit(130)
+    except Interrupted as err:
+        err_console.print(_interrupted_line(err, sys.argv[1:]), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)

@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_torch_save, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text, remove_temporaries
+from .checkpoint import CHECKPOINT, HOLDOUT, MEMORY, has_memories, read_checkpoint, restore_memory, write_checkpoint
 from .config import DistillConfig
 from .errors import UserError
+from .interrupt import Interrupted, StopRequest, graceful_stop
 
-CHECKPOINT = "checkpoint.pt"
-MEMORY = "samples.npz"
-HOLDOUT = "holdout.npz"
-# Keys that may change between an interrupted run and its --resume.
-RESUMABLE_CHANGES = {"epochs", "time_budget", "device", "threads"}
+# Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
+TORCHRUN_REPEAT_WINDOW = 2.0
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -69,22 +68,6 @@ def _check_student(student: torch.nn.Module, input_shape: tuple[int, int, int], 
     student.train()
 
 
-def _load_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | None:
-    path = out_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); remove it or run without --resume") from None
-    saved = checkpoint.get("config", {})
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
-    if changed:
-        raise UserError(f"--resume: the run in {path.parent} used different settings ({', '.join(changed)}); "
-                        "use the same options or another --out")
-    return checkpoint
-
-
 def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig | None = None,
             arch: str | None = None, classes: list[str] | None = None,
             input_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
@@ -103,6 +86,11 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     they run one distillation together (:mod:`nayer_edge.distributed`): rank 0 alone reads ``--eval-data``
     and the checkpoint being resumed, evaluates, writes the artefacts and shows progress; every rank returns
     rank 0's metrics.
+
+    In the main thread, the first SIGINT/SIGTERM during the run stops it at the next safe point (after the
+    current synthesis round or KD step) with a checkpoint of exactly that point, and raises
+    :class:`~nayer_edge.interrupt.Interrupted`; ``resume=True`` then continues bitwise identically on the CPU.
+    Distributed, every rank stops at the same step. A second signal aborts at once.
     """
     from . import distributed
     from .evaldata import load_eval_data
@@ -139,10 +127,21 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
 
     dist = distributed.init(launch, device)
     try:
-        metrics = _distill_run(
-            dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
-            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
-            started=started)
+        with graceful_stop(TORCHRUN_REPEAT_WINDOW if dist.enabled else 0.0) as stop:
+            metrics = _distill_run(
+                dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
+                eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
+                started=started, stop=stop)
+            signalled = dist.all_max(stop.signum)
+        if signalled:
+            # A signal while the artefacts were written: they are whole, but what was asked for was a stop.
+            raise Interrupted(signalled, graceful=True, checkpoint=out_dir / CHECKPOINT,
+                              where="after the last epoch, with the artefacts written")
+    except Interrupted as interrupted:
+        distributed.shutdown(dist, clean=False)
+        if interrupted.checkpoint is None and (out_dir / CHECKPOINT).is_file():
+            interrupted.checkpoint = out_dir / CHECKPOINT
+        raise
     except BaseException:
         distributed.shutdown(dist, clean=False)
         raise
@@ -152,7 +151,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
 
 def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
                  class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
-                 show_progress: bool, arch: str | None, started: float) -> dict[str, Any]:
+                 show_progress: bool, arch: str | None, started: float, stop: StopRequest) -> dict[str, Any]:
     from .distributed import quiet_other_ranks, rank_seed, read_bytes_on_main
     from .engine import Distiller
     from .evaluate import accuracy
@@ -164,7 +163,7 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     spec = loaded.spec
     channels, height, width = spec.input_shape
     # Rank 0 reads the checkpoint and hands it (or its error) to every rank.
-    checkpoint = dist.on_main(lambda: _load_checkpoint(out_dir, config)) if resume else None
+    checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config)) if resume else None
     if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size:
         raise UserError(f"--resume: the run in {out_dir} used {checkpoint.get('world_size', 1)} process(es); resume it "
                         f"with as many (torchrun --nnodes × --nproc-per-node), not {dist.world_size}")
@@ -194,7 +193,10 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
                    "(samples rely on the class and adversarial terms)")
         warnings.warn(message, stacklevel=2)
         notes.append(message)
-    if checkpoint is not None:
+    if checkpoint is not None and has_memories(checkpoint):
+        distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"]),
+                                  restore_memory(checkpoint["holdout_ring"]))
+    elif checkpoint is not None:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
                 raise UserError(f"--resume: {out_dir} has a checkpoint but not its {MEMORY} / {HOLDOUT}; "
@@ -210,6 +212,8 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     elif not resume and dist.is_main:
         for stale in (CHECKPOINT, MEMORY, HOLDOUT):
             (out_dir / stale).unlink(missing_ok=True)
+    if dist.is_main:
+        remove_temporaries(out_dir)
 
     teacher_accuracy = accuracy(teacher_module, *eval_set, device=device) if eval_set is not None else None
     resolved = {"config": config.to_dict(), "teacher": {"path": str(loaded.path), "format": loaded.format,
@@ -222,18 +226,27 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         # Only rank 0 writes. The other ranks do not wait for it here: they go on synthesising the next
         # round and meet rank 0 at its all-gather (within the process group's timeout).
         if dist.is_main:
-            d.memory.save(out_dir / MEMORY)
-            d.holdout.save(out_dir / HOLDOUT)
-            atomic_torch_save(out_dir / CHECKPOINT, {**state, "config": config.to_dict()})
+            write_checkpoint(out_dir / CHECKPOINT, state, config, d.memory, d.holdout)
+
+    def stop_now() -> bool:
+        # Collective: every rank learns that some rank got a signal, at the same step.
+        stop.agreed = dist.all_max(stop.signum)
+        return bool(stop.agreed)
 
     # 3. Run.
     if show_progress and dist.is_main:
         from .progress import RichProgress
 
         with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
-            state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step, checkpoint=save_checkpoint)
+            state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step, checkpoint=save_checkpoint,
+                                  stop=stop_now)
     else:
-        state = distiller.run(eval_set, checkpoint=save_checkpoint)
+        state = distiller.run(eval_set, checkpoint=save_checkpoint, stop=stop_now)
+    if state.stopped_by == "interrupted":
+        dist.barrier()  # no rank exits (and has torchrun stop the others) before rank 0 has written the checkpoint
+        if dist.is_main:
+            memory_path.unlink(missing_ok=True)
+        raise Interrupted(stop.agreed, graceful=True, checkpoint=out_dir / CHECKPOINT, where=_position(state, config))
 
     # 4. Artefacts, by rank 0; the others wait for its metrics and return them.
     distiller.release()
@@ -276,6 +289,8 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         "history": state.history,
     }
     student.eval().to("cpu", memory_format=torch.contiguous_format)  # artefacts in the usual layout
+    distiller.memory.save(out_dir / MEMORY)
+    distiller.holdout.save(out_dir / HOLDOUT)
     scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
     _atomic_jit_save(scripted, out_dir / "student.ts")
     atomic_torch_save(out_dir / "student.pt", student.state_dict())
@@ -295,6 +310,14 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     (out_dir / "samples.mmap.npy").unlink(missing_ok=True)
     return dist.broadcast_object(metrics)
+
+
+def _position(state: Any, config: DistillConfig) -> str:
+    if state.step:
+        return f"in epoch {state.epoch + 1}/{config.epochs} after KD step {state.step}/{config.kd_steps}"
+    if state.round:
+        return f"in epoch {state.epoch + 1}/{config.epochs} after synthesis round {state.round}"
+    return f"after epoch {state.epoch}/{config.epochs}"
 
 
 def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:

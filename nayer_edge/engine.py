@@ -65,6 +65,10 @@ class RunState:
     elapsed: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str | None = None
+    # Inside the current epoch: synthesis rounds and KD steps done, and their losses so far.
+    round: int = 0
+    step: int = 0
+    losses: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class Distiller:
@@ -336,11 +340,17 @@ class Distiller:
     def run(self, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
             on_epoch: Callable[[EpochReport], None] | None = None,
             on_step: Callable[[str, int, int], None] | None = None,
-            checkpoint: Callable[["Distiller"], None] | None = None) -> RunState:
+            checkpoint: Callable[["Distiller"], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> RunState:
         """Run (or continue) the schedule; stops early, consistently, when the time budget is spent.
 
-        Distributed, every rank calls ``run``; ``checkpoint`` is called on every rank (it gathers the ranks'
-        own states, see :meth:`state_dict`), ``eval_data`` and ``on_epoch`` are meant for rank 0 only."""
+        ``stop`` is polled at every safe point (the start of an epoch, the end of each synthesis round and of
+        each KD step); when it returns true the run checkpoints that exact point and returns with
+        ``stopped_by == "interrupted"``; resumed from there, it goes on as if never stopped.
+
+        Distributed, every rank calls ``run``; ``checkpoint`` and ``stop`` are called on every rank at the same
+        points (``checkpoint`` gathers the ranks' own states, see :meth:`state_dict`; ``stop`` must agree on
+        every rank), ``eval_data`` and ``on_epoch`` are meant for rank 0 only."""
         cfg = self.cfg
         state = self.state
         started = time.perf_counter() - state.elapsed
@@ -353,33 +363,48 @@ class Distiller:
             state.elapsed = elapsed
             return cfg.time_budget is not None and state.elapsed >= cfg.time_budget
 
+        def interrupted() -> bool:
+            if stop is not None and stop():
+                state.stopped_by = "interrupted"
+            return state.stopped_by == "interrupted"
+
         while state.epoch < cfg.epochs and not state.stopped_by:
             epoch = state.epoch
-            if self.generator is None or epoch % cfg.g_life == 0:
+            if interrupted():
+                break
+            # Resumed inside an epoch, the checkpoint's generator is already this epoch's.
+            if self.generator is None or (epoch % cfg.g_life == 0 and not (state.round or state.step)):
                 self.generator = self.build_generator()
             warm = epoch < cfg.warmup_epochs
             rounds = cfg.warmup_rounds if warm else cfg.rounds_per_epoch
             train_now = cfg.kd_during_warmup or not warm
-            losses: dict[str, list[float]] = {}
-            for r in range(rounds):
+            losses = state.losses
+            for r in range(state.round, rounds):
                 if tick():
                     state.stopped_by = "time_budget"
                     break
                 for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm).items():
                     losses.setdefault(k, []).append(v)
+                state.round = r + 1
                 if on_step:
                     on_step("synthesis", r + 1, rounds)
+                if interrupted():
+                    break
             if train_now and len(self.memory) and not state.stopped_by:
-                for s in range(cfg.kd_steps):
+                for s in range(state.step, cfg.kd_steps):
                     if s % 10 == 0 and tick():
                         state.stopped_by = "time_budget"
                         break
                     losses.setdefault("loss_kd", []).append(self.kd_step())
+                    state.step = s + 1
                     if on_step and (s + 1) % 10 == 0:
                         on_step("kd", s + 1, cfg.kd_steps)
-            if state.stopped_by and not losses:
+                    if interrupted():
+                        break
+            if state.stopped_by == "interrupted" or (state.stopped_by and not losses):
                 break
             state.epoch += 1
+            state.round, state.step, state.losses = 0, 0, {}
             tick()
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
@@ -395,6 +420,10 @@ class Distiller:
             if on_epoch:
                 on_epoch(report)
             started = time.perf_counter() - state.elapsed  # evaluation/checkpoint time is not charged twice
+        if state.stopped_by == "interrupted":
+            tick()
+            if checkpoint:
+                checkpoint(self)
         self.student.eval()
         return state
 
@@ -414,7 +443,8 @@ class Distiller:
                           if self.generator is not None else None),
             "bn_state": self.bn_state,
             "run": {"epoch": self.state.epoch, "kd_step": self.state.kd_step, "elapsed": self.state.elapsed,
-                    "stopped_by": self.state.stopped_by},
+                    "stopped_by": self.state.stopped_by, "round": self.state.round, "step": self.state.step,
+                    "losses": {k: [float(v) for v in vs] for k, vs in self.state.losses.items()}},
             "history": self.state.history,
             "nonfinite": dict(self.nonfinite),
             "memory": self.memory.state_dict(),
@@ -451,7 +481,8 @@ class Distiller:
         self.bn_state = own["bn_state"]
         run = checkpoint["run"]
         self.state = RunState(epoch=run["epoch"], kd_step=run["kd_step"], elapsed=run["elapsed"],
-                              history=list(checkpoint["history"]), stopped_by=None)
+                              history=list(checkpoint["history"]), stopped_by=None, round=run.get("round", 0),
+                              step=run.get("step", 0), losses={k: list(v) for k, v in run.get("losses", {}).items()})
         self.memory, self.holdout = memory, holdout
         self.nonfinite.update(checkpoint.get("nonfinite", {}))
         self.rng.set_state(checkpoint["rng"]["engine"])

@@ -1,26 +1,64 @@
-"""A run killed with SIGKILL (no chance to clean up) and restarted with --resume ends with a student bitwise
-identical to an uninterrupted run of the same seed on CPU: RNG states, optimizer, schedule, generator and the
-synthetic memory all come back from the last checkpoint, which is always whole (atomic writes)."""
+"""Interrupted runs lose no work: killed (SIGKILL, no chance to clean up) during synthesis, during KD, in the
+middle of writing a checkpoint or just before its rename, or stopped by SIGINT/SIGTERM, a run restarted with
+--resume ends with a student bitwise identical to an uninterrupted run of the same seed on CPU.
+
+Each fault lands at an exact point: tests/interrupt_harness.py runs the real CLI in its process with one
+function wrapped (Distiller.synthesize, Distiller.kd_step, torch.save, os.replace). The memory capacity is
+small so that the sample ring wraps, and a resumed run must put every sample back in its slot."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 from conftest import REPO, TEST_RECIPE, run_cli
 
-ARGS = ["--recipe", TEST_RECIPE, "--epochs", "6", "--synthesis-batch", "60", "--kd-batch", "64", "--kd-steps", "20",
-        "--g-steps", "6", "--device", "cpu", "--embedding", "onehot", "--json"]
+ARGS = ["--recipe", TEST_RECIPE, "--epochs", "4", "--synthesis-batch", "40", "--kd-batch", "32", "--kd-steps", "10",
+        "--g-steps", "4", "--memory-capacity", "100", "--device", "cpu", "--embedding", "onehot", "--json"]
+HARNESS = str(REPO / "tests" / "interrupt_harness.py")
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _harness(fault: str, nth: int, out, teacher, *extra: str) -> subprocess.CompletedProcess:
+    record = out.parent / "record.txt"
+    return subprocess.run([sys.executable, HARNESS, fault, str(nth), str(record), "distill", str(teacher), "--out",
+                           str(out), *ARGS, *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _position(out) -> tuple[int, int, int]:
+    run = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["run"]
+    return run["epoch"], run["round"], run["step"]
+
+
+def _temporaries(out) -> list:
+    return sorted(out.glob(".*.tmp"))
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def _resume_command(line: str) -> list[str]:
+    """The command the line tells the user to run, as this test can run it."""
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[0] == "nayer-edge" and command[-1] == "--resume"
+    return [sys.executable, "-m", "nayer_edge", *command[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +69,80 @@ def uninterrupted(digits_teacher, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("delay", [0.0, 1.0, 2.5], ids=["at-first-checkpoint", "mid-run", "later"])
-def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, digits_teacher, tmp_path, delay):
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, "-m", "nayer_edge", "distill", str(digits_teacher.path), "--out",
-                                str(out), *ARGS], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(delay)
-    if process.poll() is not None:
-        pytest.skip("the run finished before it could be killed (a very fast machine)")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # nothing half-written left behind
-    resumed = run_cli("distill", str(digits_teacher.path), "--out", str(out), *ARGS, "--resume")
+def test_sigkill_in_each_phase_then_resume_is_bitwise_identical(uninterrupted, digits_teacher, tmp_path):
+    """One run, killed four times in a row at four kinds of points, each time resumed from what the kill left."""
+    out, record, teacher = tmp_path / "run", tmp_path / "record.txt", digits_teacher.path
+
+    # During synthesis: the 3rd round is the first of epoch 2; epoch 1's checkpoint is what remains.
+    killed = _harness("kill-synthesis", 3, out, teacher)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _position(out) == (1, 0, 0)
+
+    # During KD: step 15 is in the middle of epoch 3 (epochs 2 and 3 resumed, 10 steps each).
+    killed = _harness("kill-kd", 15, out, teacher, "--resume")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _position(out) == (2, 0, 0)
+
+    # In the middle of writing a checkpoint (the end of epoch 3): the temporary file is truncated, the
+    # checkpoint of epoch 2 is byte for byte what it was.
+    killed = _harness("kill-mid-write", 1, out, teacher, "--resume")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (partial,) = _temporaries(out)
+    assert 0 < partial.stat().st_size < (out / "checkpoint.pt").stat().st_size
+    assert _sha256(out / "checkpoint.pt") == record.read_text()
+    assert _position(out) == (2, 0, 0)
+
+    # Between the temporary file (whole, fsynced) and its rename, at the end of epoch 4: epoch 3's remains.
+    killed = _harness("kill-before-rename", 2, out, teacher, "--resume")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _sha256(out / "checkpoint.pt") == record.read_text()
+    assert _position(out) == (3, 0, 0)
+
+    resumed = run_cli("distill", str(teacher), "--out", str(out), *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _temporaries(out) == []  # what the killed writers left is cleared
+    assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
+
+
+def test_sigint_and_sigterm_stop_gracefully_and_resume_is_bitwise_identical(uninterrupted, digits_teacher, tmp_path):
+    """SIGINT, then SIGTERM from another process, then two SIGINTs: each ends with one line and 128 + the
+    signal's number; the graceful stops checkpoint the exact step, the double one keeps the last checkpoint."""
+    out, record, teacher = tmp_path / "run", tmp_path / "record.txt", digits_teacher.path
+
+    # SIGINT after KD step 15 (epoch 2, step 5): the run checkpoints that very step and says how to go on.
+    stopped = _harness("sigint-kd", 15, out, teacher)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    line = _one_line(stopped)
+    assert line.startswith("stopped by SIGINT in epoch 2/4 after KD step 5/10: checkpoint ")
+    assert str(out / "checkpoint.pt") in line
+    assert _position(out) == (1, 2, 5)
+    assert _temporaries(out) == [] and not (out / "student.pt").exists()
+
+    # SIGTERM from outside, as a scheduler sends it, once the resumed run has written its next checkpoint.
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    process = subprocess.Popen(_resume_command(line), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while (out / "checkpoint.pt").stat().st_mtime_ns == before and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    if process.returncode == 0:
+        pytest.skip("the run finished before SIGTERM reached it (a very fast machine)")
+    terminated = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert terminated.returncode == 143, stderr[-2000:]
+    assert _one_line(terminated).startswith("stopped by SIGTERM ")
+    assert _position(out) > (1, 2, 5)
+
+    # A second SIGINT while the stop's checkpoint is written aborts at once; the previous checkpoint stays.
+    aborted = _harness("double-sigint", 3, out, teacher, "--resume")
+    assert aborted.returncode == 130, aborted.stderr[-2000:]
+    line = _one_line(aborted)
+    assert line.startswith("aborted by SIGINT; the last checkpoint, ") and line.endswith("--resume")
+    assert _sha256(out / "checkpoint.pt") == record.read_text()
+    assert _temporaries(out) == []
+
+    resumed = subprocess.run(_resume_command(line), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
