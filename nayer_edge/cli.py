@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -447,8 +448,10 @@ def recipes() -> None:
 
 def _interrupted_line(err: Interrupted, argv: list[str]) -> str:
     """One line: what stopped the run, where its checkpoint is, and the command that continues it."""
-    again = shlex.join(["nayer-edge", *argv])
-    resume = shlex.join(["nayer-edge", *argv, *([] if "--resume" in argv else ["--resume"])])
+    # Under torchrun the command is torchrun's, whose own options are not known here.
+    program = "torchrun <the same options> -m nayer_edge" if _under_torchrun() else "nayer-edge"
+    again = f"{program} {shlex.join(argv)}"
+    resume = f"{program} {shlex.join([*argv, *([] if '--resume' in argv else ['--resume'])])}"
     if err.graceful:
         return (f"stopped by {err.signal_name} {err.where}: checkpoint {err.checkpoint}; "
                 f"resume with: {resume}")
@@ -460,6 +463,10 @@ def _interrupted_line(err: Interrupted, argv: list[str]) -> str:
     return f"aborted by {err.signal_name}"
 
 
+def _under_torchrun() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
 def main() -> None:
     abort_on_signals()
     try:
@@ -468,5 +475,6 @@ def main() -> None:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Interrupted as err:
-        err_console.print(_interrupted_line(err, sys.argv[1:]), markup=False, highlight=False, soft_wrap=True)
+        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it for all
+            err_console.print(_interrupted_line(err, sys.argv[1:]), markup=False, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)

@@ -184,3 +184,42 @@ def test_torchrun_time_budget(digits_teacher, tmp_path, recipe):
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs"] < 1000
     assert metrics["distill_seconds"] < 4 + 5
     assert (out / "student.ts").is_file()
+
+
+@pytest.mark.distributed
+@two_cores
+def test_torchrun_ctrl_c_stops_every_rank_at_one_step_then_resumes_identically(digits_teacher, tmp_path, recipe):
+    """Ctrl-C reaches torchrun and both ranks (and torchrun forwards it once more): the ranks agree on one
+    step, rank 0 checkpoints it and says so in one line, nobody waits for a peer that left; resumed under
+    torchrun, the student is bitwise the uninterrupted 2-process run's."""
+    import signal
+    import time
+
+    args = ["distill", str(digits_teacher.path), "--json", "--epochs", "12", "--synthesis-batch", "40", "--kd-batch",
+            "32", "--kd-steps", "10", "--g-steps", "4", "--student", "cnn_tiny", "--device", "cpu", "--embedding",
+            "onehot", *recipe]
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    assert torchrun(*args, "--out", str(whole)).returncode == 0
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "NAYER_EDGE_DIST_TIMEOUT": "120"}
+    env.pop("WORLD_SIZE", None)
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                "2", "-m", "nayer_edge", *args, "--out", str(out)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole foreground group
+    _, stderr = process.communicate(timeout=120)
+    if "stopped by SIGINT" not in stderr and process.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C reached it (a very fast machine)")
+    stops = [line for line in stderr.splitlines() if line.startswith("stopped by SIGINT")]
+    assert len(stops) == 1, stderr[-3000:]  # rank 0 speaks for both
+    assert "resume with: torchrun <the same options> -m nayer_edge distill" in stops[0]
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["world_size"] == 2 and checkpoint["run"]["epoch"] < 12
+
+    resumed = torchrun(*args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "student.pt").read_bytes() == (whole / "student.pt").read_bytes()
