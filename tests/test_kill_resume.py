@@ -146,3 +146,21 @@ def test_sigint_and_sigterm_stop_gracefully_and_resume_is_bitwise_identical(unin
     resumed = subprocess.run(_resume_command(line), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
+
+
+def test_compress_stops_gracefully_and_resumes(uninterrupted, digits_teacher, tmp_path):
+    """compress distils first: SIGINT there stops it the same way, and `compress --resume` (the line's command)
+    finishes the job with the student an uninterrupted distillation gives."""
+    out = tmp_path / "run"
+    record = tmp_path / "record.txt"
+    stopped = subprocess.run([sys.executable, HARNESS, "sigint-kd", "15", str(record), "compress",
+                              str(digits_teacher.path), "--out", str(out), *ARGS], cwd=REPO, env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    line = _one_line(stopped)
+    assert line.startswith("stopped by SIGINT in epoch 2/4 after KD step 5/10")
+    assert " compress " in line and not (out / "report.md").exists()
+    resumed = subprocess.run(_resume_command(line), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr[-2000:]  # 1: a gate failed, the job is still done
+    assert (out / "report.md").is_file()
+    assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
