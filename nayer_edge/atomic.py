@@ -53,10 +53,16 @@ def _umask() -> int:
 
 
 def remove_temporaries(folder: str | Path) -> None:
-    """Temporary files that writers killed mid-write left in ``folder`` (ours: ``.NAME.*.tmp``, and ``NAME.tmp``
-    of :meth:`SampleMemory.save`); the files they were writing are untouched."""
-    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("*.npz.tmp")]:
-        tmp.unlink(missing_ok=True)
+    """What writers killed mid-write left in ``folder``: temporary files and staging folders (``.NAME.*.tmp``:
+    atomic writes, the ONNX exporter's and the bundle's staging folders; ``NAME.npz.tmp`` of
+    :meth:`SampleMemory.save`) and a bundle folder set aside while its replacement was renamed in
+    (``.bundle.*.old``). The files they were writing are untouched."""
+    folder = Path(folder)
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("*.npz.tmp"), *folder.glob(".bundle.*.old")]:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

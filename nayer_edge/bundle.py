@@ -51,6 +51,7 @@ import numpy as np
 from .atomic import atomic_write
 from .bundle_docs import deepstream_config, render_readme
 from .errors import MissingDependencyError, UserError
+from .interrupt import signals_deferred
 from .targets import Target, load_target
 
 __all__ = [
@@ -256,11 +257,12 @@ def make_bundle(
         (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                                 encoding="utf-8")
         _fsync_tree(stage)
+        archive = out.with_name(out.name + ".tar.gz")
+        archive.unlink(missing_ok=True)  # never an archive of the old bundle beside the new folder
         _replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    archive = out.with_name(out.name + ".tar.gz")
     _write_archive(out, archive)
     return {"bundle_dir": str(out), "archive": str(archive), "manifest": manifest}
 
@@ -467,8 +469,9 @@ def _replace_dir(stage: Path, out: Path) -> None:
     # Two renames: a kill in between leaves the old bundle under a hidden name and no half-written one.
     old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
     os.rmdir(old)
-    os.replace(out, old)
-    os.replace(stage, out)
+    with signals_deferred():  # a Ctrl-C between the renames would leave no bundle at all
+        os.replace(out, old)
+        os.replace(stage, out)
     shutil.rmtree(old, ignore_errors=True)
 
 

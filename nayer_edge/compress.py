@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, remove_temporaries
+from .checkpoint import CHECKPOINT
 from .config import DistillConfig
 from .errors import UserError
+from .interrupt import names_checkpoint
 
 
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
@@ -39,8 +41,10 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
     metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
                       cache_dir=cache_dir, resume=resume, **teacher_options)
-    return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
-                   eval_data=eval_data, show_progress=show_progress)
+    # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
+    with names_checkpoint(Path(out_dir) / CHECKPOINT):
+        return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
+                       eval_data=eval_data, show_progress=show_progress)
 
 
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
@@ -109,6 +113,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     from .export import export
     from .verify import verify
 
+    remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
     max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
@@ -145,8 +150,9 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
         final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
     candidates = int8["candidates"] if int8 else {}
+    built = {name: c for name, c in candidates.items() if "onnx" in c}  # a failed QAT has no model
     metrics.update({
-        "target": spec.name, "precision": precision, "qat": bool(int8 and "qat" in candidates),
+        "target": spec.name, "precision": precision, "qat": "qat" in built,
         "fp32_onnx_accuracy": results["fp32"].accuracy,
         "fp16_accuracy": results["fp16"].accuracy if "fp16" in results else None,
         "int8_accuracy": results["int8"].accuracy if int8 else None,
@@ -177,8 +183,8 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         metrics["artifacts"]["student.fp16.onnx"] = deployed
     if int8:
         metrics["artifacts"]["student.int8.onnx"] = deployed
-        metrics["artifacts"].update({Path(c["onnx"]).name: c["onnx"] for c in candidates.values()})
-        if "qat" in candidates:
+        metrics["artifacts"].update({Path(c["onnx"]).name: c["onnx"] for c in built.values()})
+        if "qat" in built:
             metrics["artifacts"]["student.qat-fp32.onnx"] = str(out_dir / "student.qat-fp32.onnx")
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / "report.md", render_report(metrics, spec.name))
@@ -232,6 +238,9 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
                   "| agreement with teacher | cosine vs FP32 |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, cand in metrics["int8_candidates"].items():
+            if "failed" in cand:
+                lines.append(f"| {name.upper()} | failed: {cand['failed']} | | | | |")
+                continue
             real = metrics.get(f"{name}_int8_accuracy")
             parity = cand["parity_vs_fp32"]
             kl = f"{cand['fp32_kl']:.2e}" if cand.get("fp32_kl") is not None else "n/a"

@@ -82,6 +82,38 @@ def graceful_stop(repeat_window: float = 0.0) -> Iterator[StopRequest]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving in the block are held and raised again when it ends, to whatever handler was in
+    place: for a few renames that must happen together. (Blocking them with pthread_sigmask would not do:
+    another thread, torch's among them, would take the signal and Python would still run the handler here.)
+    Outside the main thread, where Python delivers no signals, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in held:
+            signal.raise_signal(signum)
+
+
+@contextmanager
+def names_checkpoint(path: Path) -> Iterator[None]:
+    """An :class:`Interrupted` raised in the block that names no checkpoint names ``path`` when it exists: a run
+    aborted before its own first checkpoint (or after the last, while deploying) can still be resumed from it."""
+    try:
+        yield
+    except Interrupted as interrupted:
+        if interrupted.checkpoint is None and Path(path).is_file():
+            interrupted.checkpoint = Path(path)
+        raise
+
+
 def _abort(signum: int, frame: Any) -> None:
     raise Interrupted(signum, graceful=False)
 

@@ -11,7 +11,9 @@ N counts calls in this process. FAULT:
   rename;
 - ``sigint-kd`` / ``sigterm-kd``: SIGINT / SIGTERM to itself right after the Nth KD step;
 - ``double-sigint``: SIGINT after the Nth KD step, and a second one while the checkpoint that the first one
-  causes is about to replace the previous one.
+  causes is about to replace the previous one;
+- ``kill-export`` / ``sigint-export``: SIGKILL / SIGINT inside the Nth ONNX export (compress's deployment,
+  after the distillation), with the exporter's staging folder on disk.
 
 Before a fault at a checkpoint write, the sha256 of the checkpoint then on disk is written to RECORD. Only
 functions are wrapped; the production code has no test hooks.
@@ -29,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from nayer_edge import cli
+from nayer_edge import cli, onnx_export
 from nayer_edge.engine import Distiller
 
 fault, nth, record = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 args = sys.argv[4:]
 out = Path(args[args.index("--out") + 1])
-counts = {"synthesis": 0, "kd": 0, "write": 0, "rename": 0}
+counts = {"synthesis": 0, "kd": 0, "write": 0, "rename": 0, "export": 0}
 armed = {"rename": False}
 
 
@@ -50,6 +52,7 @@ def record_checkpoint() -> None:
 
 real_synthesize, real_kd_step = Distiller.synthesize, Distiller.kd_step
 real_save, real_replace = torch.save, os.replace
+real_torch_export = onnx_export._torch_export
 
 
 def synthesize(self, *a, **k):
@@ -109,7 +112,19 @@ def replace(src, dst, *a, **k):
     return real_replace(src, dst, *a, **k)
 
 
+def torch_export(*a, **k):
+    counts["export"] += 1
+    if counts["export"] == nth:
+        if fault == "kill-export":
+            die()
+        if fault == "sigint-export":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+    return real_torch_export(*a, **k)
+
+
 Distiller.synthesize, Distiller.kd_step = synthesize, kd_step
+onnx_export._torch_export = torch_export
 torch.save, os.replace = save, replace
 sys.argv = ["nayer-edge", *args]
 cli.main()

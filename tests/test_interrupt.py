@@ -48,3 +48,51 @@ def test_interrupted_lines():
     assert _interrupted_line(early, argv).startswith("aborted by SIGINT before any checkpoint was written; start "
                                                      "again with: nayer-edge distill teacher.pt")
     assert _interrupted_line(early, ["export", "runs/x"]) == "aborted by SIGINT"
+
+
+def test_signals_in_a_deferred_block_arrive_after_it():
+    from nayer_edge.interrupt import abort_on_signals, signals_deferred
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    abort_on_signals()
+    try:
+        done = []
+        with pytest.raises(Interrupted) as raised:
+            with signals_deferred():
+                _deliver(signal.SIGTERM)
+                done.append("first rename")  # not interrupted in between
+                done.append("second rename")
+            done.append("after the block")  # the pending signal is delivered as the block ends
+        assert done == ["first rename", "second rename"] and raised.value.signal_name == "SIGTERM"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_an_abort_names_the_checkpoint_on_disk(tmp_path):
+    from nayer_edge.interrupt import names_checkpoint
+
+    with pytest.raises(Interrupted) as raised, names_checkpoint(tmp_path / "checkpoint.pt"):
+        raise Interrupted(signal.SIGINT, graceful=False)
+    assert raised.value.checkpoint is None  # none on disk: "before any checkpoint was written"
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(Interrupted) as raised, names_checkpoint(tmp_path / "checkpoint.pt"):
+        raise Interrupted(signal.SIGINT, graceful=False)
+    assert raised.value.checkpoint == tmp_path / "checkpoint.pt"
+    assert _interrupted_line(raised.value, ["compress", "t.pt", "--out", "r"]).endswith(
+        "nayer-edge compress t.pt --out r --resume")
+
+
+def test_remove_temporaries_clears_staging_folders_and_keeps_the_rest(tmp_path):
+    from nayer_edge.atomic import remove_temporaries
+
+    for name in (".checkpoint.pt.abc.tmp", "samples.npz.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    for name in (".student.onnx.k2j.tmp", ".bundle.x1.tmp", ".bundle.q9.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"partial")
+    for name in ("checkpoint.pt", "samples.npz", "student.onnx", "bundle", "notes.tmp.txt"):
+        (tmp_path / name).write_bytes(b"kept")
+    remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "checkpoint.pt", "notes.tmp.txt", "samples.npz",
+                                                          "student.onnx"]

@@ -164,3 +164,32 @@ def test_compress_stops_gracefully_and_resumes(uninterrupted, digits_teacher, tm
     assert resumed.returncode in (0, 1), resumed.stderr[-2000:]  # 1: a gate failed, the job is still done
     assert (out / "report.md").is_file()
     assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
+
+
+def test_compress_killed_then_aborted_while_deploying_resumes(uninterrupted, digits_teacher, tmp_path):
+    """After the distillation, in the ONNX export: SIGKILL leaves the exporter's staging folder, SIGINT (not a
+    graceful stop there: nothing to checkpoint) names the distillation's checkpoint and `--resume`; that command
+    clears what the kill left and finishes with the uninterrupted distillation's student."""
+    out, record = tmp_path / "run", tmp_path / "record.txt"
+
+    def harness(fault: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, HARNESS, fault, "1", str(record), "compress", str(digits_teacher.path),
+                               "--out", str(out), *ARGS, *extra], cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=600)
+
+    killed = harness("kill-export")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [p.is_dir() for p in _temporaries(out)] == [True]  # .student.onnx.*.tmp/
+    assert _position(out)[0] == 4 and not (out / "report.md").exists()
+
+    aborted = harness("sigint-export", "--resume")
+    assert aborted.returncode == 130, aborted.stderr[-2000:]
+    line = _one_line(aborted)
+    assert line.startswith(f"aborted by SIGINT; the last checkpoint, {out / 'checkpoint.pt'}, is intact; resume with: "
+                           "nayer-edge compress ") and line.endswith(" --resume"), line
+    assert _temporaries(out) == []
+
+    resumed = subprocess.run(_resume_command(line), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr[-2000:]  # 1: a gate failed, the job is still done
+    assert (out / "report.md").is_file() and _temporaries(out) == []
+    assert _sha256(out / "student.pt") == _sha256(uninterrupted / "student.pt")
