@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .atomic import atomic_torch_save
@@ -26,7 +25,6 @@ HOLDOUT = "holdout.npz"
 # may continue on another device, where ``amp: auto`` means something else anyway).
 RESUMABLE_CHANGES = {"epochs", "time_budget", "device", "threads", "amp", "channels_last", "compile",
                      "memory_device_budget"}
-_CHUNK = 4096  # samples converted at a time, so a large memory is never copied whole as float32
 
 
 def write_checkpoint(path: Path, state: dict[str, Any], config: DistillConfig, memory: SampleMemory,
@@ -52,6 +50,14 @@ def read_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | No
     return checkpoint
 
 
+def changed_on_resume(checkpoint: dict[str, Any], config: DistillConfig) -> list[str]:
+    """The allowed changes this resume makes ("amp: fp32 → bf16"): a run continued with any of them is no longer
+    bitwise the uninterrupted one (other kernels, thread count or schedule)."""
+    saved = checkpoint.get("config", {})
+    return [f"{k}: {saved[k]} → {v}" for k, v in config.to_dict().items()
+            if k in RESUMABLE_CHANGES - {"memory_device_budget"} and k in saved and saved[k] != v]
+
+
 def has_memories(checkpoint: dict[str, Any]) -> bool:
     """Whether the memories are inside the checkpoint (else: a checkpoint of an older nayer-edge, beside
     ``samples.npz`` / ``holdout.npz``)."""
@@ -62,31 +68,15 @@ def memory_state(memory: SampleMemory) -> dict[str, Any]:
     """The ring buffer exactly as it is: slots in place and the next write position. (``samples.npz`` is
     stored oldest first; once the ring has wrapped, reloading it moves samples to other slots, and a resumed
     run would draw other KD batches than an uninterrupted one.)"""
-    pixels = torch.empty((memory.size, *memory.image_shape), dtype=torch.uint8)
-    labels = torch.empty(memory.size, dtype=torch.int64)
-    for start in range(0, memory.size, _CHUNK):
-        stop = min(memory.size, start + _CHUNK)
-        images, targets = memory.get(np.arange(start, stop))
-        pixels[start:stop] = (images * 255).round().to(torch.uint8).cpu()
-        labels[start:stop] = targets.cpu()
+    pixels, labels = memory.slots()
     return {"pixels": pixels, "labels": labels, "capacity": memory.capacity, "next_index": memory.next_index,
             "total_added": memory.total_added}
 
 
-def restore_memory(state: dict[str, Any]) -> SampleMemory:
-    """The memory :func:`memory_state` saw, slot for slot, rebuilt through :meth:`SampleMemory.add`."""
-    pixels, labels = state["pixels"], state["labels"]
-    capacity, size, next_index = int(state["capacity"]), len(pixels), int(state["next_index"])
-    memory = SampleMemory(capacity, tuple(pixels.shape[1:]))
-    if size == capacity and next_index:
-        # Writing starts at slot 0: fill slots [0, k) once so that the ring's tail lands in [k, capacity),
-        # then its head in [0, k) again, which leaves the next write at k.
-        parts = [slice(0, next_index), slice(next_index, size), slice(0, next_index)]
-    else:
-        parts = [slice(0, size)]
-    for part in parts:
-        for start in range(part.start, part.stop, _CHUNK):
-            stop = min(part.stop, start + _CHUNK)
-            memory.add(pixels[start:stop].float().div_(255), labels[start:stop])
-    memory.total_added = int(state["total_added"])
+def restore_memory(state: dict[str, Any], into: SampleMemory | None = None) -> SampleMemory:
+    """The memory :func:`memory_state` saw, slot for slot: put back into ``into`` (the run's own memory, in RAM,
+    a memory-mapped file or on the GPU) when its capacity matches, else into a new one in RAM."""
+    pixels, labels, capacity = state["pixels"], state["labels"], int(state["capacity"])
+    memory = into if into is not None and into.capacity == capacity else SampleMemory(capacity, tuple(pixels.shape[1:]))
+    memory.restore_slots(pixels, labels, int(state["next_index"]), int(state["total_added"]))
     return memory

@@ -3,6 +3,7 @@ behind ``nayer-edge distill``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -17,13 +18,16 @@ import numpy as np
 import torch
 
 from .atomic import atomic_torch_save, atomic_write_text, remove_temporaries
-from .checkpoint import CHECKPOINT, HOLDOUT, MEMORY, has_memories, read_checkpoint, restore_memory, write_checkpoint
+from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_memories, read_checkpoint, restore_memory,
+                         write_checkpoint)
 from .config import DistillConfig
 from .errors import UserError
-from .interrupt import Interrupted, StopRequest, graceful_stop
+from .interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
 TORCHRUN_REPEAT_WINDOW = 2.0
+# Under torchrun, the stop request is all-reduced at every this-many-th safe point (see stop_now).
+STOP_POLL_EVERY = 8
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -103,27 +107,29 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
 
     # 1. Validate every input before writing anything, and before joining the other processes: every rank
     # checks the same inputs, except the output folder and the evaluation data, which only rank 0 uses.
-    launch = distributed.launch_env()
-    main_rank = launch.rank == 0
-    if main_rank:
-        prepare_output_dir(out_dir)
-    if launch.distributed and min(config.synthesis_batch, config.kd_batch) < launch.world_size:
-        raise UserError(f"synthesis_batch ({config.synthesis_batch}) and kd_batch ({config.kd_batch}) must be at least "
-                        f"the number of processes ({launch.world_size}): each process takes a share of both")
-    device = distributed.resolve_rank_device(config.device, launch)
-    loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
-                          trust_pickle=trust_pickle)
-    spec = loaded.spec
-    class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
-    channels, height, width = spec.input_shape
-    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
-    _check_student(student, spec.input_shape, loaded.num_classes, config.student)
-    eval_set = (load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names)
-                if eval_data and main_rank else None)
-    if eval_set is not None and int(eval_set[1].max()) >= loaded.num_classes:
-        raise UserError(f"{eval_data}: labels go up to {int(eval_set[1].max())} but the teacher has "
-                        f"{loaded.num_classes} classes")
-    embeddings = label_embeddings(config, class_names, cache_dir)
+    # Aborted (a second signal, or one before the run started) while an earlier checkpoint exists: say so.
+    with names_checkpoint(out_dir / CHECKPOINT):
+        launch = distributed.launch_env()
+        main_rank = launch.rank == 0
+        if main_rank:
+            prepare_output_dir(out_dir)
+        if launch.distributed and min(config.synthesis_batch, config.kd_batch) < launch.world_size:
+            raise UserError(f"synthesis_batch ({config.synthesis_batch}) and kd_batch ({config.kd_batch}) must be at least "
+                            f"the number of processes ({launch.world_size}): each process takes a share of both")
+        device = distributed.resolve_rank_device(config.device, launch)
+        loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
+                              trust_pickle=trust_pickle)
+        spec = loaded.spec
+        class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
+        channels, height, width = spec.input_shape
+        student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
+        _check_student(student, spec.input_shape, loaded.num_classes, config.student)
+        eval_set = (load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names)
+                    if eval_data and main_rank else None)
+        if eval_set is not None and int(eval_set[1].max()) >= loaded.num_classes:
+            raise UserError(f"{eval_data}: labels go up to {int(eval_set[1].max())} but the teacher has "
+                            f"{loaded.num_classes} classes")
+        embeddings = label_embeddings(config, class_names, cache_dir)
 
     dist = distributed.init(launch, device)
     try:
@@ -193,9 +199,15 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
                    "(samples rely on the class and adversarial terms)")
         warnings.warn(message, stacklevel=2)
         notes.append(message)
+    changed = changed_on_resume(checkpoint, config) if checkpoint is not None else []
+    if changed:
+        message = (f"resumed with other settings ({', '.join(changed)}): the result can differ from an "
+                   "uninterrupted run's")
+        warnings.warn(message, stacklevel=2)
+        notes.append(message)
     if checkpoint is not None and has_memories(checkpoint):
-        distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"]),
-                                  restore_memory(checkpoint["holdout_ring"]))
+        distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"], into=distiller.memory),
+                                  restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
     elif checkpoint is not None:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
@@ -228,8 +240,14 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         if dist.is_main:
             write_checkpoint(out_dir / CHECKPOINT, state, config, d.memory, d.holdout)
 
+    polls = itertools.count()
+
     def stop_now() -> bool:
-        # Collective: every rank learns that some rank got a signal, at the same step.
+        # Collective: every rank learns that some rank got a signal, at the same step. The all-reduce ends in a
+        # host read, so under torchrun only every STOP_POLL_EVERY-th safe point asks (every rank polls at the same
+        # points, so they still agree); a stop then lands at most that many KD steps later.
+        if dist.enabled and next(polls) % STOP_POLL_EVERY:
+            return False
         stop.agreed = dist.all_max(stop.signum)
         return bool(stop.agreed)
 

@@ -9,7 +9,6 @@ warm-up (``kd_during_warmup``), and model selection never looks at labelled eval
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -447,9 +446,12 @@ class Distiller:
                     "losses": {k: [float(v) for v in vs] for k, vs in self.state.losses.items()}},
             "history": self.state.history,
             "nonfinite": dict(self.nonfinite),
-            "memory": self.memory.state_dict(),
+            # fp16's loss scales and growth trackers: without them a resumed run skips other overflowing steps.
+            "scalers": {"generator": self._g_scaler.state_dict() if self._g_scaler else None,
+                        "kd": self._kd_scaler.state_dict() if self._kd_scaler else None},
+            # The loop draws only from these (numpy's and Python's global generators are never used).
             "rng": {"engine": self.rng.get_state(), "torch": torch.get_rng_state(),
-                    "numpy": _numpy_state(), "python": list(random.getstate()[1])},
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "world_size": self.dist.world_size,
         }
         if self.dist.enabled:
@@ -485,6 +487,10 @@ class Distiller:
                               step=run.get("step", 0), losses={k: list(v) for k, v in run.get("losses", {}).items()})
         self.memory, self.holdout = memory, holdout
         self.nonfinite.update(checkpoint.get("nonfinite", {}))
+        scalers = checkpoint.get("scalers") or {}
+        for scaler, saved in ((self._g_scaler, scalers.get("generator")), (self._kd_scaler, scalers.get("kd"))):
+            if scaler is not None and saved:  # resumed with another --amp: the new scaler starts afresh
+                scaler.load_state_dict(saved)
         self.rng.set_state(checkpoint["rng"]["engine"])
         if self.dist.enabled:
             self.local_rng.set_state(own["local_rng"])
@@ -493,6 +499,8 @@ class Distiller:
                 torch.cuda.set_rng_state(own["cuda"], self.device)
         else:
             torch.set_rng_state(checkpoint["rng"]["torch"])
+            if checkpoint["rng"].get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
 
 
 def _epoch_mean(values: list[float | torch.Tensor]) -> float:
@@ -502,10 +510,6 @@ def _epoch_mean(values: list[float | torch.Tensor]) -> float:
         read = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
         values = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
     return float(np.mean(values))
-
-
-def _numpy_state() -> list[int]:
-    return np.random.get_state()[1].tolist()
 
 
 def _map_tensors(tree: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

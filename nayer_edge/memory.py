@@ -117,11 +117,25 @@ class SampleMemory:
     def all(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(np.arange(self.size), device)
 
-    def state_dict(self) -> dict:
-        return {
-            "capacity": self.capacity, "image_shape": list(self.image_shape), "size": self.size,
-            "next_index": self.next_index, "total_added": self.total_added,
-        }
+    def slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filled slots as they lie (uint8 pixels, labels), on the host. A full ring on the host is returned
+        without a copy (for a memory-mapped one, a view of the file); a partly filled one is copied, since
+        ``torch.save`` of a slice would write the whole storage."""
+        pixels, labels = self._images[: self.size], self._labels[: self.size]
+        if self.size < self.capacity and self.device.type == "cpu":
+            pixels, labels = pixels.clone(), labels.clone()
+        return pixels.cpu(), labels.cpu()
+
+    def restore_slots(self, pixels: torch.Tensor, labels: torch.Tensor, next_index: int, total_added: int) -> None:
+        """Put back what :meth:`slots` returned, slot for slot, into this memory's own storage (RAM, file or
+        device), with the ring's write position."""
+        size = len(pixels)
+        if size > self.capacity or tuple(pixels.shape[1:]) != self.image_shape or not 0 <= next_index < self.capacity:
+            raise ValueError(f"slots of shape {tuple(pixels.shape)} (next write at {next_index}) do not fit a memory "
+                             f"of {self.capacity} × {self.image_shape}")
+        self._images[:size] = pixels.to(self.device, torch.uint8)
+        self._labels[:size] = labels.to(self.device, torch.int64)
+        self.size, self.next_index, self.total_added = size, next_index, total_added
 
     def save(self, path: str | Path) -> None:
         """Write the filled part as an .npz (images uint8 N×C×H×W, labels), atomically."""

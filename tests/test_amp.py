@@ -196,3 +196,48 @@ def test_resume_accepts_other_device_settings(tmp_path):
     assert read_checkpoint(tmp_path, changed) is not None
     with pytest.raises(UserError, match="different settings"):
         read_checkpoint(tmp_path, load_config(None, {"kd_batch": 7}))
+    from nayer_edge.checkpoint import changed_on_resume
+
+    # Allowed, but said: the run is no longer bitwise the uninterrupted one.
+    assert changed_on_resume({"config": saved.to_dict()}, changed) == [
+        "amp: fp32 → bf16", "channels_last: False → True", "compile: False → True"]  # where samples live: no
+    assert changed_on_resume({"config": saved.to_dict()}, saved) == []
+
+
+def test_fp16_resume_is_bitwise_identical_with_the_loss_scales_restored(digits_teacher, tmp_path, monkeypatch):
+    """fp16's GradScalers back off (the generator's falls from 2^16 to ~2^10 in the first rounds); a resumed run
+    that started them afresh would skip other steps. Stopped by SIGINT after KD step 15, then resumed."""
+    import hashlib
+    import os
+    import signal
+
+    from conftest import TEST_RECIPE
+    from nayer_edge.distill import distill
+    from nayer_edge.engine import Distiller
+    from nayer_edge.interrupt import Interrupted
+
+    config = load_config(TEST_RECIPE, {"epochs": 4, "warmup_epochs": 1, "synthesis_batch": 40, "kd_batch": 32,
+                                       "kd_steps": 10, "g_steps": 4, "memory_capacity": 100, "amp": "fp16",
+                                       "embedding": "onehot", "device": "cpu"})
+    run = lambda out, **kw: distill(digits_teacher.path, out_dir=out, config=config, show_progress=False, **kw)  # noqa: E731
+    run(tmp_path / "whole")
+
+    real_kd_step, calls = Distiller.kd_step, []
+
+    def kd_step(self):
+        loss = real_kd_step(self)
+        calls.append(1)
+        if len(calls) == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Distiller, "kd_step", kd_step)
+    with pytest.raises(Interrupted) as stopped:
+        run(tmp_path / "cut")
+    assert stopped.value.graceful
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["scalers"]
+    assert saved["generator"]["scale"] < 2.0 ** 16  # what the fix restores; without it this test cannot fail
+    monkeypatch.undo()
+    run(tmp_path / "cut", resume=True)
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "cut" / "student.pt") == digest(tmp_path / "whole" / "student.pt")

@@ -28,9 +28,14 @@ def _draws(memory: SampleMemory) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("capacity,total", [(20, 0), (20, 13), (20, 20), (20, 53), (20, 60), (100, 7)],
                          ids=["empty", "partial", "exactly-full", "wrapped", "wrapped-to-slot-0", "big"])
-def test_restored_memory_is_the_same_ring(capacity, total):
+@pytest.mark.parametrize("into", ["new", "ram", "mmap"])
+def test_restored_memory_is_the_same_ring(capacity, total, into, tmp_path):
     memory = _memory(capacity, total)
-    restored = restore_memory(memory_state(memory))
+    target = {"new": None, "ram": SampleMemory(capacity, SHAPE),
+              "mmap": SampleMemory(capacity, SHAPE, mmap_path=tmp_path / "ring.npy")}[into]
+    restored = restore_memory(memory_state(memory), into=target)
+    if target is not None:
+        assert restored is target and restored.mmap_path == target.mmap_path  # the run's own storage, not a copy
     assert (restored.capacity, restored.size, restored.next_index, restored.total_added) == (
         memory.capacity, memory.size, memory.next_index, memory.total_added)
     if total:
@@ -51,3 +56,13 @@ def test_samples_npz_alone_would_move_a_wrapped_ring(tmp_path):
     reloaded = SampleMemory.load(tmp_path / "samples.npz")
     assert not all(torch.equal(a, b) for a, b in zip(_draws(memory), _draws(reloaded)))
     assert np.array_equal(np.sort(memory.all()[1].numpy()), np.sort(reloaded.all()[1].numpy()))
+
+
+def test_checkpointed_memory_holds_only_the_filled_slots(tmp_path):
+    """torch.save of a slice writes its whole storage: a partly filled ring must not cost its capacity."""
+    partial, full = _memory(1000, 10), _memory(1000, 1000)
+    torch.save(memory_state(partial), tmp_path / "partial.pt")
+    torch.save(memory_state(full), tmp_path / "full.pt")
+    per_sample = int(np.prod(SHAPE)) + 8
+    assert (tmp_path / "partial.pt").stat().st_size < 10 * per_sample + 4096
+    assert (tmp_path / "full.pt").stat().st_size < 1000 * per_sample + 4096
