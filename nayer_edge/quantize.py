@@ -11,6 +11,7 @@ Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -68,12 +69,18 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
     ptq_path = to_int8(fp32_path, run_dir / "student.int8-ptq.onnx", calibration_images)
     candidates = {"ptq": ptq_path}
-    qat_report = None
+    qat_report, qat_failure = None, None
     if qat:
-        qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, layout=layout, batch=batch,
-                                              opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                                              show_progress=show_progress)
-        candidates["qat"] = to_int8(qat_fp32, run_dir / "student.int8-qat.onnx", calibration_images)
+        from .onnx_export import ParityError
+
+        try:
+            qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, layout=layout, batch=batch,
+                                                  opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                                                  show_progress=show_progress)
+        except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
+            qat_failure = f"its FP32 export does not match the fine-tuned model: {str(err).splitlines()[0]}"
+        else:
+            candidates["qat"] = to_int8(qat_fp32, run_dir / "student.int8-qat.onnx", calibration_images)
 
     # One session per model, reused for every check.
     logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
@@ -83,7 +90,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
     result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "layout": layout,
                               "calibration_samples": int(len(calibration_images)),
-                              "check_samples": "held-out synthetic" if holdout is not None else "calibration",
+                              "check_samples": "held-out synthetic" if holdout is not None and len(holdout)
+                              else "calibration",
                               "fp32_bytes": fp32_path.stat().st_size, "candidates": {}}
     for name, path in candidates.items():
         out_check = logits[name](check_images)
@@ -96,6 +104,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         result["candidates"][name] = entry
     if qat_report is not None:
         result["candidates"]["qat"]["training"] = qat_report
+    if qat_failure is not None:
+        result["candidates"]["qat"] = {"failed": qat_failure}
 
     chosen, reason = _choose(result["candidates"])
     deployed = Path(out) if out else run_dir / DEPLOYED
@@ -126,8 +136,11 @@ def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
     """
     if "qat" not in candidates:
         return "ptq", "post-training quantization only (QAT off)"
+    if "failed" in candidates["qat"]:
+        return "ptq", f"post-training quantization: QAT failed ({candidates['qat']['failed']})"
     qat, ptq = candidates["qat"]["fp32_kl"], candidates["ptq"]["fp32_kl"]
-    if qat < ptq:
+    # A NaN/Inf KL (non-finite logits) loses to any finite one, and never wins by a comparison with NaN.
+    if math.isfinite(qat) and (not math.isfinite(ptq) or qat < ptq):
         return "qat", (f"QAT reproduces the FP32 student more faithfully than PTQ on held-out synthetic samples "
                        f"(KL from FP32 {qat:.2e} vs {ptq:.2e})")
     return "ptq", (f"PTQ reproduces the FP32 student at least as faithfully as QAT on held-out synthetic samples "

@@ -105,3 +105,19 @@ def test_quantize_qat_without_a_recorded_teacher_is_clear(distilled, tmp_path):
     (copy / "config.json").write_text("{}")
     result = run_cli("quantize", str(copy), "--qat")
     assert result.returncode == 2 and "--teacher" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_diverged_qat_leaves_the_ptq_model_deployed(distilled, digits_teacher, tmp_path):
+    """A learning rate of 1e9 blows the fine-tuned weights up (logits ~1e33): QAT fails its own export check,
+    and quantize deploys the PTQ model, saying why, instead of dying or shipping garbage."""
+    import shutil
+
+    from nayer_edge.quantize import quantize
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(distilled[0], run_dir)
+    result = quantize(run_dir, qat=True, qat_lr=1e9, eval_data=digits_teacher.eval_path)
+    assert result["method"] == "ptq", result["selected_by"]
+    assert "QAT failed" in result["selected_by"] and "failed" in result["candidates"]["qat"]
+    assert (run_dir / "student.int8.onnx").read_bytes() == (run_dir / "student.int8-ptq.onnx").read_bytes()
+    assert result["qat_int8_accuracy"] is None and abs(result["int8_accuracy"] - result["fp32_onnx_accuracy"]) <= 0.05

@@ -174,6 +174,12 @@ def test_deployed_int8_is_the_one_closer_to_fp32():
     assert _choose({"ptq": {"fp32_kl": 3e-4}, "qat": {"fp32_kl": 1e-4}})[0] == "qat"
     method, reason = _choose({"ptq": {"fp32_kl": 1e-4}, "qat": {"fp32_kl": 3e-4}})
     assert method == "ptq" and "1.00e-04 vs 3.00e-04" in reason
+    # Non-finite logits lose, whichever candidate has them; a failed QAT leaves PTQ, saying why.
+    assert _choose({"ptq": {"fp32_kl": float("nan")}, "qat": {"fp32_kl": 3e-4}})[0] == "qat"
+    assert _choose({"ptq": {"fp32_kl": 3e-4}, "qat": {"fp32_kl": float("nan")}})[0] == "ptq"
+    assert _choose({"ptq": {"fp32_kl": float("inf")}, "qat": {"fp32_kl": float("nan")}})[0] == "ptq"
+    method, reason = _choose({"ptq": {"fp32_kl": 3e-4}, "qat": {"failed": "diverged"}})
+    assert method == "ptq" and "QAT failed (diverged)" in reason
 
 
 def test_untraceable_student_is_a_clear_error():
