@@ -109,6 +109,21 @@ def slope_per_hour(t_s: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(slope), float(np.sqrt(cov[0, 0]))
 
 
+def floor_trend(t_s: np.ndarray, rss: np.ndarray, window_s: float = 60.0) -> tuple[float, float]:
+    """Slope (MB/h, with its standard error) of each minute's lowest RSS over the second half: the footprint
+    between an epoch's transient allocations (evaluation, checkpoint), which a leak would lift and which
+    swings far less than single samples do."""
+    bins = (t_s // window_s).astype(int)
+    centres, floors = [], []
+    for b in np.unique(bins)[:-1]:  # the last minute may be partial
+        inside = bins == b
+        centres.append(t_s[inside].mean())
+        floors.append(rss[inside].min())
+    centres, floors = np.array(centres), np.array(floors)
+    half = centres >= centres[-1] / 2 if len(centres) else centres.astype(bool)
+    return slope_per_hour(centres[half], floors[half])
+
+
 def summarise(rows: list[dict], max_slope: float) -> dict:
     during = [r for r in rows if r["phase"] == "run"]
     t = np.array([r["t_s"] for r in during])
@@ -127,6 +142,7 @@ def summarise(rows: list[dict], max_slope: float) -> dict:
                   "in_use_slope_standard_error": in_use_error, "free_kept_second_half_mean": float(kept[half].mean()),
                   "free_kept_end_of_run": float(kept[-1])}
     second = [r for r, h in zip(during, half) if h]
+    floor_slope, floor_error = floor_trend(t, rss)
     return {
         "samples": len(rows), "seconds": float(t[-1]),
         "rss_mb": {"start": float(rss[0]), "first_half_peak": float(rss[~half].max()),
@@ -134,13 +150,15 @@ def summarise(rows: list[dict], max_slope: float) -> dict:
                    "second_half_max": float(rss[half].max()), "end_of_run": float(rss[-1]),
                    "after_artefacts": float(rows[-1]["rss_mb"]) if rows[-1]["phase"] == "after" else None,
                    "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
-        "rss_slope_mb_per_hour_second_half": slope, "rss_slope_standard_error": error, "malloc_mb": malloc,
+        "rss_slope_mb_per_hour_second_half": slope, "rss_slope_standard_error": error,
+        "rss_floor_slope_mb_per_hour_second_half": floor_slope, "rss_floor_slope_standard_error": floor_error,
+        "malloc_mb": malloc,
         "py_blocks": {"start": int(during[0]["py_blocks"]), "second_half_first": int(second[0]["py_blocks"]),
                       "end_of_run": int(during[-1]["py_blocks"]), "slope_per_hour_second_half": blocks_slope},
         "gc_objects": {"second_half_first": int(second[0]["gc_objects"]), "end_of_run": int(during[-1]["gc_objects"]),
                        "slope_per_hour_second_half": objects_slope},
         "max_slope_mb_per_hour": max_slope,
-        "flat": bool(slope <= max_slope),
+        "flat": bool(slope <= max_slope and floor_slope <= max_slope),
     }
 
 
@@ -231,7 +249,8 @@ def main() -> int:
     print(f"soak {summary['seconds'] / 60:.1f} min, {summary['epochs']} epochs: RSS start {rss['start']:.0f} MB, "
           f"peak {rss['peak']:.0f} MB, end of run {rss['end_of_run']:.0f} MB; second-half slope "
           f"{summary['rss_slope_mb_per_hour_second_half']:+.1f} ± {summary['rss_slope_standard_error']:.1f} MB/h "
-          f"(limit {args.max_slope:g}), Python blocks {summary['py_blocks']['slope_per_hour_second_half']:+.0f}/h: "
+          f"(limit {args.max_slope:g}; per-minute floor {summary['rss_floor_slope_mb_per_hour_second_half']:+.1f} ± "
+          f"{summary['rss_floor_slope_standard_error']:.1f} MB/h), Python blocks {summary['py_blocks']['slope_per_hour_second_half']:+.0f}/h: "
           f"{'FLAT' if summary['flat'] else 'GROWING'}")
     return 0 if summary["flat"] else 1
 
