@@ -17,7 +17,7 @@ selection, ``torch.compile``):
 
 The projection of the full run is ``warmup_epochs × warm-up epoch + (epochs − warmup_epochs) × epoch`` with
 the recipe's schedule (per-epoch evaluation and checkpoint writing are not included), against the ≈7.2
-GPU-hours the NAYER paper plots for its 300-epoch CIFAR-100 run (REFERENCE.md). ``--quick`` shrinks batches
+GPU-hours the NAYER paper plots for its 300-epoch CIFAR-100 run. ``--quick`` shrinks batches
 and steps so the script runs on a CPU in seconds: its figures are for this script's test and for comparing
 variants on the CPU, and no projection is made from them. ``--repeats N`` interleaves the variants N times
 and reports medians (on a shared machine load drifts).
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAPER_GPU_HOURS = 7.2  # NAYER, CIFAR-100 WRN-40-2 → WRN-16-2, 300 epochs (REFERENCE.md)
+PAPER_GPU_HOURS = 7.2  # NAYER, CIFAR-100 WRN-40-2 → WRN-16-2, 300 epochs (the paper's training-time figure)
 GOAL_HOURS = 1.0  # issue 5: a full paper-recipe run in under one hour on one H200
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 QUICK = {"synthesis_batch": 20, "kd_batch": 32, "g_steps": 2, "warmup_rounds": 2, "rounds_per_epoch": 1,

@@ -13,7 +13,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Every knob of a NAYER run. Defaults are the paper's CIFAR-10 settings (see REFERENCE.md),
+    """Every knob of a NAYER run. Defaults are the paper's CIFAR-10 settings (its appendix and released code),
     except ``kd_during_warmup`` (the reference trains nothing for its first 20 epochs)."""
 
     student: str = "resnet18"

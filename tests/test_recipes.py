@@ -1,5 +1,5 @@
 """Every recipe in recipes/ loads strictly, names a zoo student, and the paper recipes carry the paper's
-settings (REFERENCE.md)."""
+settings (the NAYER paper's appendix and released code)."""
 
 from __future__ import annotations
 
