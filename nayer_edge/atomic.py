@@ -21,6 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if _out_of_space(err, path.parent):
@@ -32,6 +33,22 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 
 
 _LOW_SPACE = 1 << 20
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable: without it a power cut after ``os.replace`` can bring back the
+    folder's old entry (the file's bytes were synced, the name pointing at them was not). A no-op where
+    folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (network, FUSE) refuse fsync on a folder; the rename itself was done
+    finally:
+        os.close(fd)
 
 
 def _out_of_space(err: BaseException, folder: Path) -> bool:

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, fsync_dir
 from .bundle_docs import deepstream_config, render_readme
 from .errors import MissingDependencyError, UserError
 from .interrupt import signals_deferred
@@ -463,8 +463,10 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def _replace_dir(stage: Path, out: Path) -> None:
+    fsync_dir(stage)
     if not out.exists():
         os.replace(stage, out)
+        fsync_dir(out.parent)
         return
     # Two renames: a kill in between leaves the old bundle under a hidden name and no half-written one.
     old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
@@ -472,6 +474,7 @@ def _replace_dir(stage: Path, out: Path) -> None:
     with signals_deferred():  # a Ctrl-C between the renames would leave no bundle at all
         os.replace(out, old)
         os.replace(stage, out)
+        fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

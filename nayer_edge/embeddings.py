@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from nayer_edge.atomic import fsync_dir
 from nayer_edge.errors import MissingDependencyError, UserError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -120,7 +121,10 @@ def _save_cached(path: Path, emb: Tensor) -> None:
         try:
             with os.fdopen(fd, "wb") as fh:
                 torch.save(emb, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
+            fsync_dir(path.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write
 from .errors import UserError
 from .strict import closest_name
 
@@ -68,10 +69,9 @@ def save_npz(path: str | os.PathLike[str], x: Tensor | np.ndarray, y: Tensor | n
         raise UserError(f"save_npz: y must have shape ({x_t.shape[0]},), got {tuple(y_t.shape)}")
     if x_t.dtype != torch.uint8:
         x_t = (x_t.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as f:  # a file object stops numpy appending ".npz" to other names
-        np.savez_compressed(f, x=x_t.permute(0, 2, 3, 1).contiguous().numpy(), y=y_t.long().numpy())
+    pixels, labels = x_t.permute(0, 2, 3, 1).contiguous().numpy(), y_t.long().numpy()
+    # a file object stops numpy appending ".npz" to other names
+    atomic_write(path, lambda handle: np.savez_compressed(handle, x=pixels, y=labels))
 
 
 # --------------------------------------------------------------------------------------- npz

@@ -14,6 +14,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from .atomic import fsync_dir
+
 
 class SampleMemory:
     """Ring buffer of images (stored as uint8, like the reference's PNGs) with their target labels."""
@@ -147,6 +149,7 @@ class SampleMemory:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
 
     def _ordered(self, tensor: torch.Tensor) -> np.ndarray:
         """Oldest first, so that reloading and adding continues the ring in the same order."""

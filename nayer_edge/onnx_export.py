@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import fsync_dir
 from .errors import MissingDependencyError, UserError
 
 __all__ = [
@@ -163,6 +164,7 @@ def export_onnx(
         else:
             os.replace(staged, out)
             data_path.unlink(missing_ok=True)  # weights of an earlier, external export of this file
+        fsync_dir(out.parent)
     finally:
         model.train(was_training)
         shutil.rmtree(tmp_dir, ignore_errors=True)

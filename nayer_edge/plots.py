@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .atomic import fsync_dir
+
 MAX_GRID_ROWS = 20
 _LOSS_KEYS = ("loss_bn", "loss_oh", "loss_adv", "loss_kd")
 _SCORE_KEYS = ("student_accuracy", "agreement")
@@ -44,8 +46,11 @@ def _save_atomic(fig, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=fmt, bbox_inches="tight")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
