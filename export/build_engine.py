@@ -534,9 +534,24 @@ def _write_bytes(path: str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Without it a power cut (a Jetson unplugged) after the rename can bring back the folder's old entry.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_engine_and_stamp(engine: str, blob: bytes, stamp: Dict[str, Any]) -> None:
