@@ -126,12 +126,8 @@ def test_a_folder_that_cannot_be_opened_is_not_an_error(tmp_path):
 
 def test_device_engine_and_stamp(tmp_path, durability_log):
     """The bundle's own build_engine.py (standalone on the Jetson) writes the engine and its stamp the same way."""
-    import importlib.util
+    from test_device_scripts import build_engine
 
-    spec = importlib.util.spec_from_file_location("bundle_build_engine",
-                                                  Path(__file__).parents[1] / "export" / "build_engine.py")
-    build_engine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_engine)
     engine = tmp_path / "model.engine"
     build_engine._write_engine_and_stamp(str(engine), b"engine bytes", {"tensorrt": "10.3.0"})
     assert engine.read_bytes() == b"engine bytes"
