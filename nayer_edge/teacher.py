@@ -17,8 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -388,11 +390,65 @@ def _load_torchscript(path: Path, device: str | torch.device) -> nn.Module:
         raise UserError(f"{path}: cannot load TorchScript file ({_error_line(err)})") from None
 
 
-def _load_export(path: Path, device: str | torch.device) -> tuple[nn.Module, list[int | None], list[str]]:
+class _PickledCode(Exception):
+    """An unpickling inside ``torch.export.load`` that would need code; not a RuntimeError, which torch catches."""
+
+
+@contextlib.contextmanager
+def _no_code_from_pickles():
+    """``torch.export.load`` unpickles some payloads with ``weights_only=False`` (weights and constants marked
+    ``use_pickle``, legacy state-dict files, custom and opaque objects): a crafted archive runs code there. For
+    the duration of the load, every ``torch.load`` is made weights-only and the unpicklers that cannot be made
+    safe refuse. Torch calls them through module attributes, so patching the attributes reaches every path."""
+    import pickle
+
+    real_load, real_loads, real_load_obj = torch.load, pickle.loads, torch._C._pickle_load_obj
+
+    def weights_only_load(f, *args, weights_only=None, **kwargs):
+        try:
+            return real_load(f, *args, weights_only=True, **kwargs)
+        except Exception as err:
+            if weights_only is True:
+                raise
+            raise _PickledCode(str(err)) from None
+
+    def refuse(*_args, **_kwargs):
+        raise _PickledCode("a pickled object")
+
+    torch.load, pickle.loads, torch._C._pickle_load_obj = weights_only_load, refuse, refuse
     try:
-        with open(path, "rb") as f:  # a file object: torch.export.load insists on a .pt2 name otherwise
+        yield
+    finally:
+        torch.load, pickle.loads, torch._C._pickle_load_obj = real_load, real_loads, real_load_obj
+
+
+@contextlib.contextmanager
+def _quiet_torch_export_logs():
+    """torch.export.load logs a failed read with its whole traceback before raising; the one-line error says it."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    disabled = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, disabled):
+            lg.disabled = was
+
+
+def _load_export(path: Path, device: str | torch.device, trust_pickle: bool = False
+                 ) -> tuple[nn.Module, list[int | None], list[str]]:
+    guard = contextlib.nullcontext() if trust_pickle else _no_code_from_pickles()
+    try:
+        with _quiet_torch_export_logs(), guard, open(path, "rb") as f:
+            # a file object: torch.export.load insists on a .pt2 name otherwise
             program = torch.export.load(f)
         module = program.module()
+    except _PickledCode:
+        raise UserError(
+            f"{path}: the exported program contains pickled code; re-run with --trust-pickle only if you trust "
+            "its source"
+        ) from None
     except Exception as err:  # noqa: BLE001
         raise UserError(f"{path}: cannot load torch.export program ({_error_line(err)})") from None
     user_inputs = list(program.graph_signature.user_inputs)
@@ -572,7 +628,7 @@ def load_teacher(
         fmt, model = "torchscript", _load_torchscript(p, device)
     elif kind == "export":
         fmt = "export"
-        model, dims, export_notes = _load_export(p, device)
+        model, dims, export_notes = _load_export(p, device, trust_pickle)
         notes += export_notes
         if len(dims) == 4 and all(d is not None for d in dims[1:]):
             inferred_shape = (dims[1], dims[2], dims[3])  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import zipfile
@@ -245,6 +246,89 @@ def test_malicious_pickle_runs_no_code(tmp_path, how):
         load_teacher(path, arch="cnn_small")
     one_line_error(e)
     assert not marker.exists()
+
+
+def _rewrite_archive(src, dst, edit) -> None:
+    """Copy a zip entry by entry; ``edit(name, data)`` returns the new bytes, or None to drop the entry."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = edit(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info, data)
+
+
+def _export_with_pickled_weight(files, path, payload: bytes) -> None:
+    """A real torch.export archive whose first weight is marked ``use_pickle`` and replaced by ``payload``:
+    torch.export.load unpickles such weights with weights_only=False."""
+    d, _ = files
+    with zipfile.ZipFile(d / "static.pt2") as z:
+        config_name = next(n for n in z.namelist() if n.endswith("model_weights_config.json"))
+        config = json.loads(z.read(config_name))
+    first = next(iter(config["config"]))
+    config["config"][first]["use_pickle"] = True
+    weight_name = config_name.rsplit("/", 1)[0] + "/" + config["config"][first]["path_name"]
+    _rewrite_archive(d / "static.pt2", path, lambda name, data: json.dumps(config).encode() if name == config_name
+                     else payload if name == weight_name else data)
+
+
+def test_export_archive_with_a_pickled_payload_runs_no_code(files, tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt2"
+    buffer = io.BytesIO()
+    torch.save(Evil(marker), buffer)
+    _export_with_pickled_weight(files, evil, buffer.getvalue())
+    with pytest.raises(UserError, match="pickled code.*--trust-pickle") as e:
+        load_teacher(evil)
+    one_line_error(e)
+    assert not marker.exists()
+    with pytest.raises(UserError):  # the payload is live: trusted, it runs (and is no weight)
+        load_teacher(evil, trust_pickle=True)
+    assert marker.exists()
+    assert torch.load is torch.serialization.load and pickle.loads is _real_pickle_loads  # nothing left patched
+
+
+_real_pickle_loads = pickle.loads
+
+
+def test_export_archive_with_a_pickled_tensor_loads_without_trust(files, tmp_path):
+    """A payload that is only a tensor needs no code: loaded weights-only, with the weight it holds."""
+    d, model = files
+    path = tmp_path / "pickled_tensor.pt2"
+    buffer = io.BytesIO()
+    torch.save(model.conv.weight.detach().clone(), buffer)
+    _export_with_pickled_weight(files, path, buffer.getvalue())
+    with pytest.raises(UserError, match="not an instance of torch.nn.Parameter"):
+        load_teacher(path)  # torch wants a Parameter here: the file was read, weights-only, and then refused
+
+
+def test_export_guard_refuses_every_unpickler():
+    from nayer_edge.teacher import _no_code_from_pickles, _PickledCode
+
+    evil = pickle.dumps(Evil("/nonexistent/PWNED"))
+    tensor_bytes = io.BytesIO()
+    torch.save(torch.arange(3), tensor_bytes)
+    with _no_code_from_pickles():
+        assert torch.load(io.BytesIO(tensor_bytes.getvalue()), weights_only=False).tolist() == [0, 1, 2]
+        for unpickle in (lambda: pickle.loads(evil), lambda: torch._C._pickle_load_obj(evil),
+                         lambda: torch.load(io.BytesIO(evil), weights_only=False)):
+            with pytest.raises(_PickledCode):
+                unpickle()
+    assert pickle.loads(pickle.dumps([1, 2])) == [1, 2]
+
+
+def test_corrupt_export_archive_is_one_line_without_torch_logs(files, tmp_path):
+    """torch.export.load logs the failure with its traceback before raising; the CLI shows only its line."""
+    from conftest import run_cli
+
+    d, _ = files
+    path = tmp_path / "no_version.pt2"
+    _rewrite_archive(d / "static.pt2", path, lambda name, data: None if name.endswith((
+        "/archive_version", "/.data/version")) else data)
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cannot load torch.export program" in lines[0], \
+        result.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------- metadata
