@@ -9,6 +9,8 @@ from typing import Any, Literal
 from .strict import from_dict, load_yaml, to_dict
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# Most CPU threads a run may ask for: far above any machine, far below what torch.set_num_threads overflows on.
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ class DistillConfig:
                      "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"config: seed must be an integer from 0 to 2**32 - 1 (4294967295), got {self.seed}")
+        if self.threads > MAX_THREADS:
+            raise UserError(f"config: threads must be at most {MAX_THREADS} (0: torch's default), got {self.threads}")
         if not 0 <= self.bn_momentum < 1:
             raise UserError(f"config: bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0 <= self.momentum < 1:

@@ -162,6 +162,8 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
     (d / "recipe_value.yaml").write_text(recipe.replace("g_life: 10", "g_life: -2"))
     (d / "recipe_yaml.yaml").write_text(recipe + "ngf: [32\n")
     (d / "recipe_list.yaml").write_text("- student\n- cnn_tiny\n")
+    (d / "recipe_seed.yaml").write_text(recipe + "seed: -1\n")
+    (d / "recipe_threads.yaml").write_text(recipe.replace("threads: 2", "threads: 100000000000"))
     target = (Path(__file__).resolve().parent.parent / "recipes" / "targets" / "cpu-x86.yaml").read_text()
     (d / "target_key.yaml").write_text(target + "max_latncy_ms: 3\n")
     (d / "target_type.yaml").write_text(target.replace("batch: 32", "batch: thirty-two"))
@@ -312,6 +314,10 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
     "recipe-invalid-value": (distill(None, "--recipe", "{d}/recipe_value.yaml"), ("g_life must be positive",)),
     "recipe-invalid-yaml": (distill(None, "--recipe", "{d}/recipe_yaml.yaml"), ("recipe_yaml.yaml", "not valid YAML")),
     "recipe-not-a-mapping": (distill(None, "--recipe", "{d}/recipe_list.yaml"), ("expected a mapping",)),
+    "recipe-negative-seed": (distill(None, "--recipe", "{d}/recipe_seed.yaml"), ("seed", "0 to 2**32 - 1", "got -1")),
+    "option-seed-too-large": (distill(None, "--seed", "5000000000"), ("seed", "0 to 2**32 - 1", "got 5000000000")),
+    "recipe-huge-thread-count": (distill(None, "--recipe", "{d}/recipe_threads.yaml"),
+                                 ("threads must be at most 1024", "got 100000000000")),
     "recipe-unknown-name": (distill(None, "--recipe", "demo-digitz"), ("demo-digitz", "did you mean 'demo-digits'")),
     "student-unknown-name": (distill(None, "--student", "cnn_tinny"), ("cnn_tinny", "did you mean 'cnn_tiny'")),
     "option-input-shape-malformed": (distill(None, "--input-shape", "16,16"), ("16,16", "C,H,W")),
