@@ -31,15 +31,39 @@ STOP_POLL_EVERY = 8
 
 
 def prepare_output_dir(out_dir: Path) -> None:
-    """Fail early, before any work, if the output folder cannot be written."""
+    """Fail early, before any work, if the output folder cannot be written.
+
+    Permission bits do not say (root passes ``os.access`` on a read-only filesystem), so the folder is made and
+    a probe file written and removed in it; whatever the probe made is removed again, so the folder is only
+    really created when the run starts writing."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} is a file; pass --out with a folder path")
     parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise UserError(f"output folder {out_dir} cannot be made: {parent} is a file, not a folder; "
                         "pass --out with a folder path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out_dir} is not writable; pass --out with a folder you can write to")
+    made: list[Path] = []  # the folders the probe creates, outermost first
+    try:
+        for folder in [*reversed(out_dir.parents), out_dir]:
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".nayer-edge-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"output folder {out_dir} is not writable ({reason}); pass --out with a folder you can "
+                        "write to") from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def label_embeddings(config: DistillConfig, class_names: list[str], cache_dir: Path | None) -> torch.Tensor | None:

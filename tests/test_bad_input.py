@@ -241,6 +241,20 @@ def command(*args: str) -> Args:
     return build
 
 
+def read_only_fs(build: Args, where: str = "/sys") -> Args:
+    """``build`` where the folder ``where`` is on a filesystem nobody, not even root, can create files in
+    (sysfs); skipped where it is writable after all."""
+    def check(k: Kit, tmp: Path) -> list[str]:
+        probe = Path(where) / f"nayer-edge-write-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+        except OSError:
+            return build(k, tmp)
+        probe.rmdir()
+        pytest.skip(f"{where} is writable here")
+    return check
+
+
 def bad(name: str) -> Callable[[Kit], Path]:
     return lambda k: k.dir / name
 
@@ -330,6 +344,10 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
     # ---- output folders
     "out-is-a-file": (distill(None, "--out", "{tmp}/earlier/report.md", out=False), ("report.md", "is a file")),
     "out-parent-is-a-file": (distill(None, "--out", "{tmp}/earlier/report.md/run", out=False), ("report.md/run",)),
+    "out-on-read-only-filesystem": (read_only_fs(distill(None, "--out", "/sys/nayer-edge-run", out=False)),
+                                    ("/sys/nayer-edge-run", "not writable", "--out")),
+    "out-parent-on-read-only-filesystem": (read_only_fs(distill(None, "--out", "/sys/nayer-edge/run", out=False)),
+                                           ("/sys/nayer-edge/run", "not writable")),
     # ---- models to verify
     "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
     "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
