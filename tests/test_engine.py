@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -143,3 +144,82 @@ def test_nan_losses_are_skipped_counted_and_reported(digits_teacher, tmp_path):
     state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())  # no NaN reached it
     assert 0.0 < metrics["student_accuracy"] <= 1.0  # a real accuracy of a finite student, not NaN
+
+
+class GeneratorPhaseFault(nn.Module):
+    """The digits teacher, except that in the synthesis rounds ``poisoned`` (counted from 0) every forward on
+    generated images returns NaN logits, so no generator step of those rounds is finite. Generated images are
+    the only input that carries a gradient (the KD steps, accuracy and agreement see plain tensors), so the
+    student's steps and evaluation meet the healthy teacher."""
+
+    def __init__(self, net: nn.Module, g_steps: int, poisoned: tuple[int, ...]):
+        super().__init__()
+        self.net = net
+        self.g_steps = g_steps
+        self.poisoned = poisoned
+        self.synthesis_calls = 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if not x.requires_grad:
+            return out
+        synthesis_round = self.synthesis_calls // self.g_steps
+        self.synthesis_calls += 1
+        return out * float("nan") if synthesis_round in self.poisoned else out
+
+
+def test_round_without_finite_step_rebuilds_generator(digits_teacher, tmp_path, monkeypatch):
+    """A synthesis round whose every generator step is NaN stores nothing, rebuilds the generator and counts it
+    (metrics.json 'nonfinite' and the run's notes); the other rounds and the student are unaffected."""
+    import shutil
+
+    from nayer_edge.engine import Distiller
+    from nayer_edge.zoo import create_model
+
+    net = create_model("cnn_small", num_classes=10, in_channels=1, input_size=16)
+    net.load_state_dict(torch.jit.load(digits_teacher.path).state_dict())
+    # 3 epochs: warm-up rounds 0 and 1, then round 2 (epoch 1) and round 3 (epoch 2), adversarial. g_life 10: the
+    # generator built at epoch 0 is only ever replaced by a reset. Poisoned: one warm-up and one adversarial round.
+    poisoned = (1, 3)
+    path = tmp_path / "faulty.pt"
+    torch.save(GeneratorPhaseFault(net.eval(), TINY["g_steps"], poisoned), path)
+    shutil.copy(digits_teacher.path.with_name("teacher.pt.json"), tmp_path / "faulty.pt.json")
+
+    rounds, stored = [], []
+    synthesize, store = Distiller.synthesize, Distiller._store
+
+    def watched_synthesize(self, adversarial):
+        before, resets, added = self.generator, self.nonfinite["generator_resets"], self.memory.total_added
+        losses = synthesize(self, adversarial)
+        rounds.append({"replaced": self.generator is not before, "resets": self.nonfinite["generator_resets"] - resets,
+                       "added": self.memory.total_added - added, "loss_g": losses["loss_g"],
+                       "teacher_calls": self.teacher.model.synthesis_calls})
+        return losses
+
+    def watched_store(self, images, targets):
+        stored.append(bool(torch.isfinite(images).all()))
+        store(self, images, targets)
+
+    monkeypatch.setattr(Distiller, "synthesize", watched_synthesize)
+    monkeypatch.setattr(Distiller, "_store", watched_store)
+    config = load_config("demo-digits", {**TINY, "epochs": 3})
+    metrics = distill(path, out_dir=tmp_path / "run", config=config, eval_data=digits_teacher.eval_path,
+                      show_progress=False, trust_pickle=True)
+
+    g_steps = TINY["g_steps"]
+    assert [r["teacher_calls"] for r in rounds] == [g_steps * (i + 1) for i in range(4)]  # the fault hit its rounds
+    for i, r in enumerate(rounds):
+        if i in poisoned:  # nothing kept, a new generator, counted once
+            assert r["replaced"] and r["resets"] == 1 and r["added"] == 0 and r["loss_g"] == float("inf"), (i, r)
+        else:  # a healthy round (the one after a reset included) keeps its batch with the same generator
+            assert not r["replaced"] and r["resets"] == 0 and r["added"] == 54 and math.isfinite(r["loss_g"]), (i, r)
+    assert stored == [True, True]  # only the healthy rounds' batches reached the memory, all finite
+    assert metrics["synthetic_samples"] == 54 * 2
+
+    expected = {"generator_steps": g_steps * len(poisoned), "kd_steps": 0, "generator_resets": len(poisoned)}
+    assert metrics["nonfinite"] == expected
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["nonfinite"] == expected
+    assert any(f"{len(poisoned)} generators rebuilt" in note for note in metrics["notes"]), metrics["notes"]
+    state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    assert 0.0 < metrics["student_accuracy"] <= 1.0 and 0.0 <= metrics["agreement"] <= 1.0
