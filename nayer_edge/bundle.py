@@ -13,8 +13,9 @@
     README.md                 the exact commands at the device, trtexec equivalents included
 
 and ``<out_dir>.tar.gz`` beside it (sorted entries, fixed timestamps: the same bundle gives the same bytes).
-``verify_bundle`` checks the hashes, then runs the bundle's own ``scripts/check.py`` with the onnxruntime
-backend in a subprocess, which proves the copied scripts work standalone.
+``verify_bundle`` checks the hashes and that the bundle's device scripts are this version's, then runs this
+installation's ``check.py`` on the bundle with the onnxruntime backend in a subprocess (never code the bundle
+carries: its hashes are no signature).
 
 Example::
 
@@ -514,8 +515,8 @@ def verify_bundle(
     measure_latency: bool = True,
     timeout: float = 600,
 ) -> dict[str, Any]:
-    """Check a bundle on this machine: hashes first, then the bundle's ``scripts/check.py`` with the
-    onnxruntime backend in a new Python process. Returns check.py's JSON result (``passed``, ``gates``,
+    """Check a bundle on this machine: hashes first, the bundle's scripts against this installation's, then
+    this installation's ``check.py`` with the onnxruntime backend in a new Python process. Returns check.py's JSON result (``passed``, ``gates``,
     ``parity``, ``latency``, ...) plus ``exit_code``; gates failing is a result, not an exception.
 
     Raises BundleIntegrityError (a UserError) naming the first changed, missing or unlisted file, and
@@ -533,7 +534,10 @@ def verify_bundle(
         raise BundleIntegrityError(err.file, f"{folder}: {err}") from None
     except bundle_io.BundleError as err:
         raise UserError(str(err)) from None
-    command = [sys.executable, str(folder / "scripts" / "check.py"), "--bundle", str(folder),
+    script_notes = _compare_scripts(folder, manifest)
+    # This installation's check.py, not the bundle's: the manifest's hashes are no signature (anyone who edits
+    # a file can re-seal them), so running the bundle's copy would run whatever a bundle carries.
+    command = [sys.executable, str(device_scripts_dir() / "check.py"), "--bundle", str(folder),
                "--backend", "onnxruntime", "--json", "--duration-s", str(latency_seconds)]
     if labelled is not None:
         command += ["--labelled", str(labelled)]
@@ -557,8 +561,37 @@ def verify_bundle(
     if done.returncode == 1 and result.get("failed_file"):
         raise BundleIntegrityError(result["failed_file"], f"{folder}: {result['gates'][0]['text']}")
     result["exit_code"] = done.returncode
-    result["summary"] = [line for line in done.stderr.splitlines() if line.strip()]
+    result["summary"] = [line for line in done.stderr.splitlines() if line.strip()] + script_notes
+    result["script_notes"] = script_notes
     return result
+
+
+def _compare_scripts(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The bundle's device scripts against this installation's. Made by this version, they must be the same
+    bytes (a difference is an edit with the manifest re-sealed); made by another, they may differ, and the
+    note says that the device will run scripts this check did not."""
+    from . import __version__
+
+    ours = device_scripts_dir()
+    for name in DEVICE_SCRIPTS:
+        if not (folder / "scripts" / name).is_file():
+            raise BundleIntegrityError(f"scripts/{name}", f"{folder}: scripts/{name} is missing from the bundle; "
+                                                          "rebuild it with nayer-edge export")
+    differing = [name for name in DEVICE_SCRIPTS
+                 if (folder / "scripts" / name).read_bytes() != (ours / name).read_bytes()]
+    if not differing:
+        return []
+    made_by = (manifest.get("versions") or {}).get("nayer_edge")
+    first = f"scripts/{differing[0]}"
+    if made_by == __version__:
+        raise BundleIntegrityError(first, f"{folder}: {first} is not the file nayer-edge {__version__} puts in "
+                                          "its bundles, though the manifest says this version made the bundle: "
+                                          "it was edited and the manifest re-sealed; rebuild the bundle with "
+                                          "nayer-edge export")
+    listed = ", ".join(f"scripts/{name}" for name in differing)
+    return [f"note: {listed} differ from nayer-edge {__version__}'s (the bundle was made by nayer-edge "
+            f"{made_by}); this check ran {__version__}'s check.py, the device runs the bundle's: verify with "
+            f"nayer-edge {made_by} to check those"]
 
 
 def _json_loads(text: str) -> dict[str, Any]:

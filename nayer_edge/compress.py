@@ -271,7 +271,7 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
                   f"`{Path(bundle['dir']).name}/` and `{Path(bundle['archive']).name}`: the ONNX, `manifest.json` (sha256 "
                   "of every file), labels, reference inputs and outputs, a DeepStream nvinfer config, the device "
                   "scripts and a README with the exact commands.", "",
-                  f"Checked here with the bundle's own `scripts/check.py --backend onnxruntime`: "
+                  f"Checked here with `check.py --backend onnxruntime` (this installation's copy, the same bytes as the bundle's): "
                   f"**{'pass' if check['passed'] else 'FAIL'}**"
                   + (f" (lowest parity cosine {check['parity']['min_cosine']:.4f}, top-1 agreement "
                      f"{check['parity']['top1_agreement']:.2%})" if isinstance(check.get("parity"), dict) else "") + ".",

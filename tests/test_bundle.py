@@ -331,6 +331,47 @@ def test_missing_and_smuggled_files_are_refused(models, tmp_path):
         verify_bundle(restored, latency_seconds=0.05)
 
 
+def _edit_and_reseal(folder: Path, rel: str, text: str, made_by: str | None = None) -> None:
+    """What someone who wants their code run does: edit a script, recompute its hash and the manifest's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_reseal_bundle_io", folder / "scripts" / "bundle_io.py")
+    bundle_io = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_io)
+    (folder / rel).write_text(text)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][rel] = bundle_io.sha256_file(str(folder / rel))
+    if made_by is not None:
+        manifest["versions"]["nayer_edge"] = made_by
+    (folder / "manifest.json").write_text(json.dumps(bundle_io.seal_manifest(manifest), indent=2))
+
+
+def test_verify_never_runs_the_bundles_own_scripts(models, tmp_path):
+    """The hashes are no signature: a check.py edited and re-sealed passes the integrity check. verify runs
+    this installation's check.py, and refuses a bundle that claims this version but carries other scripts."""
+    info = _bundle(models, tmp_path / "bundle")
+    folder = Path(info["bundle_dir"])
+    marker = tmp_path / "PWNED"
+    payload = f"open({str(marker)!r}, 'w').close()\n" + (folder / "scripts" / "check.py").read_text()
+    _edit_and_reseal(folder, "scripts/check.py", payload)
+    with pytest.raises(BundleIntegrityError, match="scripts/check.py is not the file nayer-edge .* re-sealed") as err:
+        verify_bundle(folder, latency_seconds=0.05)
+    assert err.value.file == "scripts/check.py" and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_bundle_from_another_version_is_checked_with_this_versions_script(models, tmp_path):
+    info = _bundle(models, tmp_path / "bundle")
+    folder = Path(info["bundle_dir"])
+    marker = tmp_path / "PWNED"
+    payload = f"open({str(marker)!r}, 'w').close()\n" + (folder / "scripts" / "check.py").read_text()
+    _edit_and_reseal(folder, "scripts/check.py", payload, made_by="0.0.1")
+    result = verify_bundle(folder, latency_seconds=0.05)
+    assert result["passed"] and not marker.exists()
+    assert result["script_notes"] == [next(line for line in result["summary"] if line.startswith("note:"))]
+    assert "scripts/check.py differ" in result["script_notes"][0] and "nayer-edge 0.0.1" in result["script_notes"][0]
+
+
 def test_verify_bundle_bad_input(tmp_path):
     with pytest.raises(UserError, match="no such bundle folder"):
         verify_bundle(tmp_path / "nowhere")
