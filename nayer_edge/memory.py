@@ -7,14 +7,13 @@ stages (quantization-aware fine-tuning) train on the same samples.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from .atomic import fsync_dir
+from .atomic import atomic_write
 
 
 class SampleMemory:
@@ -141,15 +140,10 @@ class SampleMemory:
 
     def save(self, path: str | Path) -> None:
         """Write the filled part as an .npz (images uint8 N×C×H×W, labels), atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=self._ordered(self._images), labels=self._ordered(self._labels),
-                     capacity=np.int64(self.capacity), total_added=np.int64(self.total_added))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        images, labels = self._ordered(self._images), self._ordered(self._labels)
+        atomic_write(path, lambda handle: np.savez(handle, images=images, labels=labels,
+                                                   capacity=np.int64(self.capacity),
+                                                   total_added=np.int64(self.total_added)))
 
     def _ordered(self, tensor: torch.Tensor) -> np.ndarray:
         """Oldest first, so that reloading and adding continues the ring in the same order."""

@@ -133,3 +133,30 @@ def test_device_engine_and_stamp(tmp_path, durability_log):
     assert engine.read_bytes() == b"engine bytes"
     assert_durable(durability_log, engine)
     assert_durable(durability_log, Path(build_engine.stamp_path(str(engine))))
+
+
+def test_sample_memory_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    """ENOSPC can come as late as fsync (delayed allocation, network filesystems): the memory's writer turns
+    it into the one-line error like every other writer, leaves no temporary file, and the earlier samples.npz
+    stays as it was."""
+    import errno
+
+    from nayer_edge.errors import UserError
+    from nayer_edge.memory import SampleMemory
+
+    memory = SampleMemory(8, (1, 4, 4))
+    memory.add(torch.rand(5, 1, 4, 4), torch.arange(5))
+    target = tmp_path / "samples.npz"
+    memory.save(target)
+    before = target.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    memory.add(torch.rand(2, 1, 4, 4), torch.arange(2))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match="no space left on the device writing .*samples.npz") as err:
+        memory.save(target)
+    assert "\n" not in str(err.value)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]
