@@ -23,6 +23,7 @@ from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_mem
 from .config import DistillConfig
 from .errors import UserError
 from .interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
+from .normalize import NormalizedModel
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
 TORCHRUN_REPEAT_WINDOW = 2.0
@@ -64,6 +65,58 @@ def prepare_output_dir(out_dir: Path) -> None:
                 folder.rmdir()
             except OSError:
                 pass
+
+
+def _make_folders(out_dir: Path) -> list[Path]:
+    """``out_dir`` and its missing parents made; returns those this call made, outermost first."""
+    missing = [folder for folder in [*reversed(out_dir.parents), out_dir] if not folder.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _undo_output(out_dir: Path, made: list[Path], memory_path: Path) -> None:
+    """After a run failed before its first checkpoint: remove the folders it made (everything in them is its
+    own), or, in a folder that was there before, what it added (its sample-memory file, temporary files)."""
+    import shutil
+
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
+        return
+    memory_path.unlink(missing_ok=True)
+    remove_temporaries(out_dir)
+
+
+class GuardedTeacher(NormalizedModel):
+    """The teacher as the run calls it: a :class:`~nayer_edge.normalize.NormalizedModel` (the same modules and
+    buffers) that turns whatever the teacher itself raises into one :class:`UserError` line. It passed the
+    load-time probe (a batch of 2); this catches one that fails on a run's batches."""
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return _call_teacher(self.model, (images01 - self.mean) / self.std)
+
+
+# Outside torch.compile (a compiled teacher still has its own forward compiled): dynamo would report a failing
+# forward as its own error while tracing, past the ``except``.
+@torch.compiler.disable(recursive=False)
+def _call_teacher(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only the teacher's own forward is in here
+        from .teacher import _error_line
+
+        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(err)}; check that it accepts "
+                        "any batch size (or lower the recipe's batch sizes)") from None
+    if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[0] != x.shape[0]):
+        raise UserError(f"the teacher returned shape {tuple(out.shape)} for a batch of {_batch(x)}; expected "
+                        f"{x.shape[0]}×classes logits; check that it accepts any batch size (or lower the "
+                        "recipe's batch sizes)")
+    return out
+
+
+def _batch(x: torch.Tensor) -> str:
+    return f"{x.shape[0]} images of {'×'.join(map(str, x.shape[1:]))}"
 
 
 def label_embeddings(config: DistillConfig, class_names: list[str], cache_dir: Path | None) -> torch.Tensor | None:
@@ -182,12 +235,8 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
 def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
                  class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
                  show_progress: bool, arch: str | None, started: float, stop: StopRequest) -> dict[str, Any]:
-    from .distributed import quiet_other_ranks, rank_seed, read_bytes_on_main
-    from .engine import Distiller
-    from .evaluate import accuracy
-    from .memory import SampleMemory
-    from .normalize import NormalizedModel
-    from .zoo import build_student, describe_student
+    from .distributed import quiet_other_ranks, rank_seed
+    from .zoo import build_student
 
     quiet_other_ranks(dist)
     spec = loaded.spec
@@ -203,18 +252,48 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         # Distributed, the configured threads are shared by this node's processes.
         torch.set_num_threads(max(1, config.threads // dist.local_world_size) if dist.enabled else config.threads)
     _seed_everything(config.seed)
-    teacher_module = NormalizedModel(loaded.model, spec.mean, spec.std)
+    teacher_module = GuardedTeacher(loaded.model, spec.mean, spec.std)
     # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
     if dist.enabled:
         # The same student on every rank; from here on each rank draws its own generators and noisy layers.
         _seed_everything(rank_seed(config.seed, dist.rank))
+    made: list[Path] = []  # the folders this run creates, outermost first
     if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = _make_folders(out_dir)
         memory_path = out_dir / "samples.mmap.npy"
     else:
         memory_path = Path(tempfile.gettempdir()) / f"nayer-edge-{os.getpid()}-rank{dist.rank}.mmap.npy"
+    # Until its first checkpoint, a failed run leaves no trace: the folders it made are removed, a folder that
+    # was there stays as it was (an earlier run's checkpoint and samples are only replaced by this run's first
+    # checkpoint, so that run can still be resumed).
+    written: list[Path] = []  # the checkpoints this run wrote
+    try:
+        return _build_and_run(
+            dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
+            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
+            started=started, stop=stop, checkpoint=checkpoint, teacher_module=teacher_module, student=student,
+            student_module=student_module, memory_path=memory_path, written=written)
+    except BaseException:
+        if dist.is_main and not written:
+            _undo_output(out_dir, made, memory_path)
+        raise
+
+
+def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
+                   class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
+                   show_progress: bool, arch: str | None, started: float, stop: StopRequest, checkpoint: Any,
+                   teacher_module: Any, student: torch.nn.Module, student_module: Any, memory_path: Path,
+                   written: list[Path]) -> dict[str, Any]:
+    from .distributed import read_bytes_on_main
+    from .engine import Distiller
+    from .evaluate import accuracy
+    from .memory import SampleMemory
+    from .zoo import describe_student
+
+    spec = loaded.spec
+    channels, height, width = spec.input_shape
     distiller = Distiller(teacher_module, student_module, embeddings, config, spec.input_shape,
                           loaded.num_classes, device, memory_path=memory_path, dist=dist)
     notes = list(loaded.notes)
@@ -245,9 +324,6 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         memory = SampleMemory.load(sources[0], config.memory_capacity)
         holdout = SampleMemory.load(sources[1])
         distiller.load_state_dict(checkpoint, memory, holdout)
-    elif not resume and dist.is_main:
-        for stale in (CHECKPOINT, MEMORY, HOLDOUT):
-            (out_dir / stale).unlink(missing_ok=True)
     if dist.is_main:
         remove_temporaries(out_dir)
 
@@ -263,6 +339,11 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         # round and meet rank 0 at its all-gather (within the process group's timeout).
         if dist.is_main:
             write_checkpoint(out_dir / CHECKPOINT, state, config, d.memory, d.holdout)
+            if not written and not resume:
+                # This run's first checkpoint has replaced an earlier run's: that run's samples go with it.
+                for stale in (MEMORY, HOLDOUT):
+                    (out_dir / stale).unlink(missing_ok=True)
+            written.append(out_dir / CHECKPOINT)
 
     polls = itertools.count()
 
@@ -280,8 +361,12 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         from .progress import RichProgress
 
         with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
-            state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step, checkpoint=save_checkpoint,
-                                  stop=stop_now)
+            try:
+                state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step,
+                                      checkpoint=save_checkpoint, stop=stop_now)
+            except UserError:
+                bar.progress.live.transient = True  # the bar goes: the error line alone says what happened
+                raise
     else:
         state = distiller.run(eval_set, checkpoint=save_checkpoint, stop=stop_now)
     if state.stopped_by == "interrupted":
@@ -297,6 +382,8 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         return dist.broadcast_object(None)
     from .plots import save_sample_grid, save_training_curves
 
+    if not written and not resume:
+        (out_dir / CHECKPOINT).unlink(missing_ok=True)  # an earlier run's: stopped before its first epoch ended
     if any(distiller.nonfinite.values()):
         skipped = distiller.nonfinite
         notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "

@@ -62,6 +62,19 @@ class IntOut(nn.Module):  # integer "logits"
         return x.flatten(1)[:, :10].long()
 
 
+class SmallBatchOnly(nn.Module):  # passes the load-time probe (a batch of 2), fails on a run's larger batches
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise RuntimeError("exported for batches of at most 2")
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
 class FixedInput(nn.Module):  # takes 100 features only: rejects a 1×16×16 image
     def __init__(self):
         super().__init__()
@@ -106,8 +119,8 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
             if key.endswith("weight") and tensor.is_floating_point():
                 tensor.fill_(value)
         torch.save(sd, d / f"{name}_weights.pt")
-    for cls in (ImageOut, VectorOut, IntOut, FixedInput):
-        torch.jit.save(torch.jit.script(cls()), d / f"{cls.__name__}.pt")
+    for cls in (ImageOut, VectorOut, IntOut, FixedInput, SmallBatchOnly):
+        torch.jit.save(torch.jit.script(cls().eval()), d / f"{cls.__name__}.pt")
 
     shutil_copy(digits_teacher.path, d / "bad_meta" / "teacher.pt")
     (d / "bad_meta" / "teacher.pt.json").write_text('{"classes": ["zero", "one"')
@@ -286,6 +299,9 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
     "teacher-output-integer": (command("inspect", "{d}/IntOut.pt", "--input-shape", "1,16,16"), ("torch.int64",)),
     "teacher-rejects-input-shape": (distill(bad("FixedInput.pt"), "--input-shape", "1,16,16"),
                                     ("rejects input shape 1,16,16", "--input-shape")),
+    "teacher-fails-on-larger-batches": (distill(bad("SmallBatchOnly.pt"), "--input-shape", "1,16,16"),
+                                        ("the teacher failed on a batch of 10 images of 1×16×16",
+                                         "at most 2", "accepts any batch size")),
     "teacher-metadata-bad-json": (distill(lambda k: k.dir / "bad_meta" / "teacher.pt"),
                                   ("teacher.pt.json", "not valid JSON")),
     "teacher-metadata-unknown-key": (distill(lambda k: k.dir / "meta_key" / "teacher.pt"),
@@ -409,7 +425,8 @@ def test_bad_input(case, kit, tmp_path):
     assert snapshot(kit.dir) == inputs_before, "the run changed its inputs"
 
 
-@pytest.mark.parametrize("case", ["teacher-truncated-torchscript", "eval-labels-out-of-range", "recipe-unknown-key"])
+@pytest.mark.parametrize("case", ["teacher-truncated-torchscript", "eval-labels-out-of-range", "recipe-unknown-key",
+                                  "teacher-fails-on-larger-batches", "out-on-read-only-filesystem"])
 def test_bad_input_creates_no_output_folder(case, kit, tmp_path):
     """With a new --out, nothing is created at all."""
     build, needles = CATALOGUE[case]
