@@ -101,7 +101,7 @@ EncoderOpt = Annotated[Optional[str], typer.Option("--text-encoder", help="Hub n
 TemplateOpt = Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt with {} for the class name.")]
 DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Let the text encoder be fetched from a hub.")]
 IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, help=text)]  # noqa: E731
-DeviceOpt = Annotated[Device, typer.Option("--device")]
+DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help="Where to run (default: the recipe's device, else auto).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
 AmpOpt = Annotated[Optional[AmpKind], typer.Option("--amp", help="Autocast precision of distillation (default auto: bf16 on a CUDA GPU that has it, else fp32).")]
@@ -138,7 +138,7 @@ def distill(
     kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
     g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
-    device: DeviceOpt = Device.auto, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
+    device: DeviceOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
     amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
 ) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
@@ -170,7 +170,7 @@ def compress(
     kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
     g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
-    device: DeviceOpt = Device.auto, seed: SeedOpt = None,
+    device: DeviceOpt = None, seed: SeedOpt = None,
     amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,

@@ -157,3 +157,32 @@ def test_demo_end_to_end(tmp_path):
     assert metrics["student_accuracy"] > 0.8 * metrics["teacher_accuracy"]
     assert (tmp_path / "cache" / "demo" / "digits_teacher.pt").is_file()
     assert metrics["target"] == "cpu-x86" and metrics["passed"] and (out / "student.int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("command", ["distill", "compress"])
+@pytest.mark.parametrize("flag,expected", [([], "cpu"), (["--device", "auto"], "auto"), (["--device", "cuda"], "cuda")])
+def test_recipe_device_wins_unless_the_flag_is_given(command, flag, expected, tmp_path, monkeypatch):
+    """A recipe's `device:` is the run's device; only an explicit --device overrides it (the option has no
+    default of its own that would silently replace the recipe's)."""
+    from typer.testing import CliRunner
+
+    import nayer_edge.compress
+    import nayer_edge.distill
+    from nayer_edge.cli import app
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, config, **kwargs):
+        seen["device"] = config.device
+        raise Stop
+
+    monkeypatch.setattr(nayer_edge.distill, "distill", capture)
+    monkeypatch.setattr(nayer_edge.compress, "compress", capture)
+    recipe = tmp_path / "on-cpu.yaml"
+    recipe.write_text(Path(TEST_RECIPE).read_text() + "device: cpu\n")
+    result = CliRunner().invoke(app, [command, str(tmp_path / "teacher.pt"), "--recipe", str(recipe), *flag])
+    assert isinstance(result.exception, Stop), result.output
+    assert seen["device"] == expected
