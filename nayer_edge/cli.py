@@ -467,10 +467,46 @@ def _under_torchrun() -> bool:
     return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
+PROGRAM = "nayer-edge"
+
+
+def _usage_line(err: Exception) -> str:
+    """Click's message on one line, and where the command's options are listed."""
+    message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip()).rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else PROGRAM
+    return f"error: {message}; see '{command} --help'"
+
+
+def _kind(err: BaseException, name: str) -> bool:
+    """``err`` is Click's ``name`` (by name: Typer 0.2x raises the classes of the Click it carries, typer._click)."""
+    return any(cls.__name__ == name for cls in type(err).__mro__)
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    import click
+
+    return tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+
+
 def main() -> None:
+    import click
+
     abort_on_signals()
     try:
-        app()
+        # Not standalone: Click hands its usage errors over (one line here, not a box); --help and typer.Exit come
+        # back as an exit code.
+        code = app(prog_name=PROGRAM, standalone_mode=False)
+    except _click_errors() as err:
+        if _kind(err, "NoArgsIsHelpError"):  # a bare command: its help (Typer has printed it, Click puts it here)
+            if err.format_message().strip():
+                click.echo(err.format_message(), err=True)
+            sys.exit(err.exit_code)
+        err_console.print(_usage_line(err), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2 if _kind(err, "UsageError") else err.exit_code)
+    except (click.exceptions.Abort, typer.Abort):
+        err_console.print("aborted", markup=False, highlight=False)
+        sys.exit(1)
     except UserError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -478,3 +514,5 @@ def main() -> None:
         if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it for all
             err_console.print(_interrupted_line(err, sys.argv[1:]), markup=False, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # typer.Exit(1) of a failed gate

@@ -186,3 +186,45 @@ def test_recipe_device_wins_unless_the_flag_is_given(command, flag, expected, tm
     result = CliRunner().invoke(app, [command, str(tmp_path / "teacher.pt"), "--recipe", str(recipe), *flag])
     assert isinstance(result.exception, Stop), result.output
     assert seen["device"] == expected
+
+
+def test_command_help_still_works():
+    result = run_cli("distill", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: nayer-edge distill" in result.stdout and "--recipe" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("argv,code", [(["fail"], 3), (["ok"], None)])
+def test_exit_codes_of_commands_pass_through(argv, code, monkeypatch):
+    """Click runs outside its standalone mode (for one-line usage errors): a command's typer.Exit code is still
+    the process's exit code, and a command that returns exits 0."""
+    import signal
+
+    import typer
+
+    from nayer_edge import cli
+
+    sub = typer.Typer()
+
+    @sub.command()
+    def fail() -> None:
+        raise typer.Exit(3)
+
+    @sub.command()
+    def ok() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", sub)
+    monkeypatch.setattr(sys, "argv", ["nayer-edge", *argv])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if code is None:
+            cli.main()
+        else:
+            with pytest.raises(SystemExit) as exited:
+                cli.main()
+            assert exited.value.code == code
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
