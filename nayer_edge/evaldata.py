@@ -150,11 +150,13 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
         raise UserError(f"{p}: x has shape {x_np.shape}: images with no pixels; expected N×H×W×C (uint8) or "
                         "N×C×H×W (float) with C, H, W at least 1")
 
-    y = torch.from_numpy(y_np.astype(np.int64))
-    if int(y.min()) < 0 or (classes is not None and int(y.max()) >= len(classes)):
-        bound = f"[0, {len(classes)})" if classes is not None else "[0, num_classes)"
-        raise UserError(f"{p}: labels range over [{int(y.min())}, {int(y.max())}]; they must lie in {bound}")
-    return x, y
+    # Checked in the file's own dtype (Python ints are exact): a uint64 label past 2**63 - 1 would wrap to a
+    # negative number in int64 and be reported as one.
+    lo, hi = int(y_np.min()), int(y_np.max())
+    bound = f"[0, {len(classes)})" if classes is not None else "[0, num_classes)"
+    if lo < 0 or (classes is not None and hi >= len(classes)) or hi > np.iinfo(np.int64).max:
+        raise UserError(f"{p}: labels range over [{lo}, {hi}]; they must lie in {bound}")
+    return x, torch.from_numpy(y_np.astype(np.int64))
 
 
 # --------------------------------------------------------------------------------------- folder

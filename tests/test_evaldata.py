@@ -100,6 +100,23 @@ def test_missing_and_unreadable_files(tmp_path):
     _raises("not a readable .npz", tmp_path / "junk.npz")
 
 
+@pytest.mark.parametrize("classes", [("a", "b", "c"), None])
+@pytest.mark.parametrize("label", [2**64 - 1, 2**63])
+def test_uint64_labels_past_int64_are_reported_as_they_are(tmp_path, classes, label):
+    """Not wrapped to a negative int64 (2**64 - 1 reported as -1), with or without a class list."""
+    x_np, _ = _images(n=2)
+    np.savez(tmp_path / "d.npz", x=x_np, y=np.array([0, label], np.uint64))
+    with pytest.raises(UserError, match=rf"labels range over \[0, {label}\]"):
+        load_eval_data(tmp_path / "d.npz", input_shape=(3, 8, 8), classes=list(classes) if classes else None)
+
+
+def test_uint64_labels_in_range_load(tmp_path):
+    x_np, _ = _images(n=2)
+    np.savez(tmp_path / "d.npz", x=x_np, y=np.array([2, 1], np.uint64))
+    _, y = load_eval_data(tmp_path / "d.npz", input_shape=(3, 8, 8), classes=["a", "b", "c"])
+    assert y.dtype == torch.int64 and y.tolist() == [2, 1]
+
+
 def test_labels_unbounded_without_classes(tmp_path):
     x_np, _ = _images(n=2)
     np.savez(tmp_path / "d.npz", x=x_np, y=np.array([0, 17]))
