@@ -2,8 +2,8 @@
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
 pyplot, so no global backend is switched, no GUI is needed and no figure leaks between calls.
-matplotlib is imported inside the functions. Every file is written atomically: to a temporary file in
-the same folder, then moved into place.
+matplotlib is imported inside the functions. Every file is written atomically
+(:func:`nayer_edge.atomic.atomic_write`: a temporary file in the same folder, fsync, rename).
 
 Example::
 
@@ -13,16 +13,14 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .atomic import fsync_dir
+from .atomic import atomic_write
 
 MAX_GRID_ROWS = 20
 _LOSS_KEYS = ("loss_bn", "loss_oh", "loss_adv", "loss_kd")
@@ -39,22 +37,11 @@ def _new_figure(figsize: tuple[float, float]):
 
 
 def _save_atomic(fig, path: str | os.PathLike) -> Path:
+    """Through :func:`~nayer_edge.atomic.atomic_write`: its temporary file (``.NAME.*.tmp``) is one that
+    :func:`~nayer_edge.atomic.remove_temporaries` clears after a kill, and a full disk is one error line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=f".{fmt}")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, bbox_inches="tight")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, bbox_inches="tight"))
     return path
 
 

@@ -101,3 +101,25 @@ def test_does_not_touch_pyplot(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_kill_mid_write_leaves_a_temporary_that_the_next_run_clears(tmp_path):
+    """Killed while the PNG is being written (the process dies, no except clause runs): what is left is a
+    temporary file named like every other atomic write's, which remove_temporaries (run at the start of a run)
+    clears; the figure already there is untouched."""
+    from nayer_edge.atomic import remove_temporaries
+
+    (tmp_path / "curves.png").write_bytes(b"earlier")
+    code = (
+        "import os; from matplotlib.figure import Figure; from nayer_edge import plots\n"
+        "def dying_savefig(self, fh, **kwargs):\n"
+        "    fh.write(b'\\x89PNG partial'); fh.flush(); os._exit(9)\n"
+        "Figure.savefig = dying_savefig\n"
+        f"plots.save_training_curves([{{'epoch': 0, 'loss_kd': 1.0}}], {str(tmp_path / 'curves.png')!r})\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert len(list(tmp_path.iterdir())) == 2  # the figure and the partial temporary file
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+    assert (tmp_path / "curves.png").read_bytes() == b"earlier"
