@@ -89,15 +89,20 @@ def _undo_output(out_dir: Path, made: list[Path], memory_path: Path) -> None:
 class GuardedTeacher(NormalizedModel):
     """The teacher as the run calls it: a :class:`~nayer_edge.normalize.NormalizedModel` (the same modules and
     buffers) that turns whatever the teacher itself raises into one :class:`UserError` line. It passed the
-    load-time probe (a batch of 2); this catches one that fails on a run's batches."""
+    load-time probe (a batch of 2); this catches one that fails on a run's batches.
+
+    ``compiled``: the run will ``torch.compile`` it. The call to the teacher then stays outside dynamo (the
+    teacher's own forward is still compiled), which would otherwise report a failing forward as its own error
+    while tracing, past the ``except``."""
+
+    def __init__(self, model: torch.nn.Module, mean: Any, std: Any, compiled: bool = False):
+        super().__init__(model, mean, std)
+        self._call = torch.compiler.disable(_call_teacher, recursive=False) if compiled else _call_teacher
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        return _call_teacher(self.model, (images01 - self.mean) / self.std)
+        return self._call(self.model, (images01 - self.mean) / self.std)
 
 
-# Outside torch.compile (a compiled teacher still has its own forward compiled): dynamo would report a failing
-# forward as its own error while tracing, past the ``except``.
-@torch.compiler.disable(recursive=False)
 def _call_teacher(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
@@ -252,7 +257,7 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         # Distributed, the configured threads are shared by this node's processes.
         torch.set_num_threads(max(1, config.threads // dist.local_world_size) if dist.enabled else config.threads)
     _seed_everything(config.seed)
-    teacher_module = GuardedTeacher(loaded.model, spec.mean, spec.std)
+    teacher_module = GuardedTeacher(loaded.model, spec.mean, spec.std, compiled=config.compile)
     # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
