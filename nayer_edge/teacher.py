@@ -699,6 +699,9 @@ def load_teacher(
     if not torch.isfinite(out).all():
         raise UserError("teacher outputs NaN or inf logits for an all-zero input; check the file and its mean/std")
     num_classes = int(out.shape[1])
+    if num_classes < 2:
+        raise UserError(f"teacher outputs {num_classes} logit per image; distillation needs a classifier with at "
+                        "least 2 classes (for one sigmoid logit z, wrap the model to return [0, z])")
     if classes is not None and len(classes) != num_classes:
         raise UserError(f"{len(classes)} class names given but the teacher outputs {num_classes} logits")
     names = tuple(classes) if classes is not None else tuple(str(i) for i in range(num_classes))

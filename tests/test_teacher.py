@@ -52,6 +52,11 @@ class NanNet(TinyNet):
         return super().forward(x) * float("nan")
 
 
+class OneLogitNet(TinyNet):
+    def forward(self, x):
+        return super().forward(x)[:, :1]
+
+
 class FeatureNet(TinyNet):
     def forward(self, x):
         return self.conv(x)
@@ -435,7 +440,8 @@ def test_tuple_and_dict_outputs_use_logits(tmp_path):
         assert inspect_teacher(t)["batchnorm_layers"][0]["name"] == "bn"
 
 
-@pytest.mark.parametrize("cls, pattern", [(NanNet, "NaN or inf"), (FeatureNet, r"shape \(2, 4, 32, 32\)")])
+@pytest.mark.parametrize("cls, pattern", [(NanNet, "NaN or inf"), (FeatureNet, r"shape \(2, 4, 32, 32\)"),
+                                          (OneLogitNet, "1 logit per image.*at least 2 classes")])
 def test_bad_outputs(tmp_path, cls, pattern):
     torch.jit.trace(tiny(cls=cls), torch.rand(2, 3, 32, 32)).save(str(tmp_path / "m.pt"))
     with pytest.raises(UserError, match=pattern) as e:
