@@ -478,8 +478,8 @@ def test_malicious_pickle_does_not_run_without_trust_pickle(how, kit, tmp_path):
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root ignores permission bits, so a read-only folder is writable; the 'is a file' "
-                           "and 'parent is a file' cases cover the same check")
+                    reason="root ignores permission bits, so a read-only folder is writable; as root the "
+                           "read-only filesystem cases (under /sys) check the same refusal")
 def test_out_not_writable(kit, tmp_path):
     locked = earlier_run(tmp_path / "locked")
     locked.chmod(0o500)

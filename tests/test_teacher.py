@@ -306,6 +306,7 @@ def test_export_archive_with_a_pickled_tensor_loads_without_trust(files, tmp_pat
         load_teacher(path)  # torch wants a Parameter here: the file was read, weights-only, and then refused
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_export_guard_refuses_every_unpickler():
     from nayer_edge.teacher import _no_code_from_pickles, _PickledCode
 
