@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import tempfile
@@ -98,12 +99,17 @@ class GuardedTeacher(NormalizedModel):
     def __init__(self, model: torch.nn.Module, mean: Any, std: Any, compiled: bool = False):
         super().__init__(model, mean, std)
         self._call = torch.compiler.disable(_call_teacher, recursive=False) if compiled else _call_teacher
+        self._compiled = compiled
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        return self._call(self.model, (images01 - self.mean) / self.std)
+        return self._call(self.model, (images01 - self.mean) / self.std, self._compiled)
 
 
-def _call_teacher(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _call_teacher(model: torch.nn.Module, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    # Compiled, dynamo logs a failing op's traceback at ERROR while tracing, before raising: the line says it.
+    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
+    was_disabled = fake_tensor_log.disabled
+    fake_tensor_log.disabled = was_disabled or compiled
     try:
         out = model(x)
     except UserError:
@@ -111,13 +117,26 @@ def _call_teacher(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     except Exception as err:  # noqa: BLE001 - only the teacher's own forward is in here
         from .teacher import _error_line
 
-        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(err)}; check that it accepts "
-                        "any batch size (or lower the recipe's batch sizes)") from None
+        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(_root_cause(err)).rstrip('.')}; check that it "
+                        "accepts any batch size (or lower the recipe's batch sizes)") from None
+    finally:
+        fake_tensor_log.disabled = was_disabled
     if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[0] != x.shape[0]):
         raise UserError(f"the teacher returned shape {tuple(out.shape)} for a batch of {_batch(x)}; expected "
                         f"{x.shape[0]}×classes logits; check that it accepts any batch size (or lower the "
                         "recipe's batch sizes)")
     return out
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """A compiled teacher's failure comes wrapped by dynamo ("RuntimeError when making fake tensor call"); the
+    teacher's own error is down its chain of causes and contexts."""
+    while type(err).__module__.startswith(("torch._dynamo", "torch._subclasses")):
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err
 
 
 def _batch(x: torch.Tensor) -> str:
