@@ -85,7 +85,9 @@ def main() -> None:
               "noise_final_accuracy_mean": baseline_final, "summary": summary,
               "minilm_separation": class_separation(emb),
               "histories": {k: [m["history"] for m in v] for k, v in runs.items()}}
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    from nayer_edge.atomic import atomic_write_text
+
+    atomic_write_text(args.out / "results.json", json.dumps(result, indent=2))
 
     # Accuracy against wall time: per variant, the mean over seeds on a common time grid, min–max band.
     grid = np.linspace(0, args.budget, 46)[1:]

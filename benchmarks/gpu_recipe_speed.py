@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs if args.repeats > 1 else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    from nayer_edge.atomic import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(record, indent=2))
     print(f"written {args.out}")
     return record
 

@@ -158,7 +158,9 @@ def summarise(rows: list[dict], max_slope: float) -> dict:
         "gc_objects": {"second_half_first": int(second[0]["gc_objects"]), "end_of_run": int(during[-1]["gc_objects"]),
                        "slope_per_hour_second_half": objects_slope},
         "max_slope_mb_per_hour": max_slope,
-        "flat": bool(slope <= max_slope and floor_slope <= max_slope),
+        # Too short a run (fewer than 3 whole minutes in its second half) has no floor trend: no verdict.
+        "judged": bool(np.isfinite(floor_error)),
+        "flat": bool(np.isfinite(floor_error) and slope <= max_slope and floor_slope <= max_slope),
     }
 
 
@@ -195,7 +197,9 @@ def plot(rows: list[dict[str, float]], summary: dict, path: Path) -> None:
     ax.set_title(f"soak: demo distillation, {summary['seconds'] / 60:.0f} min, "
                  f"{summary['epochs']} epochs, 1 thread", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    from nayer_edge.atomic import atomic_write
+
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", bbox_inches="tight"))
 
 
 def main() -> int:
@@ -238,11 +242,15 @@ def main() -> int:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "command": " ".join(["python", *sys.argv]), "git": git})
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "soak.csv", "w", newline="") as handle:
+    from nayer_edge.atomic import atomic_write, atomic_write_text
+
+    def write_csv(handle):
         writer = csv.DictWriter(handle, fieldnames=list(sampler.rows[0]))
         writer.writeheader()
         writer.writerows(sampler.rows)
-    (args.out / "soak.json").write_text(json.dumps(
+
+    atomic_write(args.out / "soak.csv", write_csv, mode="w")
+    atomic_write_text(args.out / "soak.json", json.dumps(
         {**summary, "metrics": {k: v for k, v in metrics.items() if k != "history"}}, indent=2))
     plot(sampler.rows, summary, args.png or args.out / "soak.png")
     rss = summary["rss_mb"]
@@ -251,7 +259,7 @@ def main() -> int:
           f"{summary['rss_slope_mb_per_hour_second_half']:+.1f} ± {summary['rss_slope_standard_error']:.1f} MB/h "
           f"(limit {args.max_slope:g}; per-minute floor {summary['rss_floor_slope_mb_per_hour_second_half']:+.1f} ± "
           f"{summary['rss_floor_slope_standard_error']:.1f} MB/h), Python blocks {summary['py_blocks']['slope_per_hour_second_half']:+.0f}/h: "
-          f"{'FLAT' if summary['flat'] else 'GROWING'}")
+          f"{'FLAT' if summary['flat'] else 'GROWING' if summary['judged'] else 'TOO SHORT TO JUDGE'}")
     return 0 if summary["flat"] else 1
 
 
