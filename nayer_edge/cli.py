@@ -53,6 +53,7 @@ ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W th
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean the teacher normalises with [default 0].")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std the teacher normalises with [default 1].")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")]
+TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Import the student factory (module:factory) that RUN_DIR/student.json names (runs its code).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
@@ -278,6 +279,7 @@ def export_command(
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="With --target: labelled real data for the accuracy gate and the bundle.")] = None,
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="With --target, for QAT [default: the one in RUN_DIR/config.json].")] = None,
     trust_pickle: TrustOpt = False,
+    trust_code: TrustCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a distilled student to ONNX, checked against PyTorch in onnxruntime (or, with --target, deploy it)."""
@@ -288,7 +290,7 @@ def export_command(
         from .compress import deploy
 
         metrics = deploy(run_dir, target=target, eval_data=eval_data, precision=precision.value if precision else None,
-                         qat=qat, teacher=teacher, trust_pickle=trust_pickle,
+                         qat=qat, teacher=teacher, trust_pickle=trust_pickle, trust_code=trust_code,
                          show_progress=not as_json or sys.stderr.isatty())
         if as_json:
             print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
@@ -300,7 +302,7 @@ def export_command(
         return
     try:
         result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
-                        opset=opset)
+                        opset=opset, trust_code=trust_code)
     except ParityError as err:
         err_console.print(f"export failed parity: {err}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -325,6 +327,7 @@ def quantize_command(
     qat: Annotated[bool, typer.Option("--qat/--no-qat", help="Also fine-tune through fake INT8 on the synthetic samples (needs the teacher).")] = False,
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher for QAT [default: the one in RUN_DIR/config.json].")] = None,
     trust_pickle: TrustOpt = False,
+    trust_code: TrustCodeOpt = False,
     calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
     as_json: JsonOpt = False,
@@ -334,7 +337,7 @@ def quantize_command(
 
     result = quantize(run_dir, out=out, layout=layout.value, qat=qat, teacher=teacher,
                       teacher_options={"trust_pickle": trust_pickle}, calibration=calibration, eval_data=eval_data,
-                      show_progress=not as_json or sys.stderr.isatty())
+                      show_progress=not as_json or sys.stderr.isatty(), trust_code=trust_code)
     if as_json:
         print(json.dumps(result, indent=2))
         return

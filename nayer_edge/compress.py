@@ -43,23 +43,26 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                       cache_dir=cache_dir, resume=resume, **teacher_options)
     # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
     with names_checkpoint(Path(out_dir) / CHECKPOINT):
+        # The student factory in student.json is the one named in this call's config: trusted.
         return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
-                       eval_data=eval_data, show_progress=show_progress)
+                       eval_data=eval_data, show_progress=show_progress, trust_code=True)
 
 
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
-           teacher: str | Path | None = None, show_progress: bool = False, **teacher_options: Any) -> dict[str, Any]:
+           teacher: str | Path | None = None, show_progress: bool = False, trust_code: bool = False,
+           **teacher_options: Any) -> dict[str, Any]:
     """Every stage after distillation, on an existing ``nayer-edge distill`` folder: ONNX for the target's
     precision (INT8 with QAT, FP16, FP32), verification with gates, the report, and for a TensorRT target the
-    deploy bundle. The teacher (for QAT) defaults to the one recorded in the run.
+    deploy bundle. The teacher (for QAT) defaults to the one recorded in the run. ``trust_code``: import a
+    student factory the run folder names (see :func:`~nayer_edge.export.load_student`).
 
         deploy("runs/digits", target="jetson", eval_data="heldout.npz")["bundle"]["archive"]
     """
-    from .export import read_student_spec
+    from .export import read_student_spec, require_code_trust
 
     run_dir = Path(run_dir)
-    read_student_spec(run_dir)
+    require_code_trust(run_dir, read_student_spec(run_dir), trust_code)
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
     try:
@@ -67,7 +70,7 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
     except (OSError, ValueError):
         raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
     return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
-                   show_progress=show_progress)
+                   show_progress=show_progress, trust_code=trust_code)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
 
 
 def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
-            teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool) -> dict[str, Any]:
+            teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool,
+            trust_code: bool) -> dict[str, Any]:
     from .export import export
     from .verify import verify
 
@@ -117,7 +121,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
     max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
-    exported = export(out_dir, out_dir / "student.onnx", batch=batch, opset=spec.opset)
+    exported = export(out_dir, out_dir / "student.onnx", batch=batch, opset=spec.opset, trust_code=trust_code)
     # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
     gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": None if on_device else max_latency_ms}
     int8: dict[str, Any] | None = None
@@ -126,7 +130,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
 
         int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
                         teacher=teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
-                        opset=spec.opset, show_progress=show_progress)
+                        opset=spec.opset, show_progress=show_progress, trust_code=trust_code)
         deployed = int8["int8_onnx"]
     elif precision == "fp16":
         from .fp16 import to_fp16

@@ -28,21 +28,24 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
              teacher: str | Path | None = None, teacher_options: dict[str, Any] | None = None,
              calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
              batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
-             show_progress: bool = False) -> dict[str, Any]:
+             show_progress: bool = False, trust_code: bool = False) -> dict[str, Any]:
     """INT8 ONNX of the student in ``run_dir``; returns paths, parity and (with ``eval_data``) top-1 figures.
 
     Writes ``student.onnx`` (FP32, if missing), ``student.int8-ptq.onnx``, with ``qat`` also
     ``student.qat-fp32.onnx`` (the fine-tuned, BN-folded FP32 model) and ``student.int8-qat.onnx``, and a
     copy of the deployed one at ``out`` (default ``student.int8.onnx``). ``teacher`` defaults to the one
-    recorded in the run's ``config.json``. ``batch`` fixes the exported batch (None: dynamic).
+    recorded in the run's ``config.json``. ``batch`` fixes the exported batch (None: dynamic). ``trust_code``:
+    import a student factory the run folder names (see :func:`~nayer_edge.export.load_student`).
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from .export import export, read_student_spec
+    from .export import export, read_student_spec, require_code_trust
     from .memory import SampleMemory
 
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
+    if qat or not (run_dir / "student.onnx").is_file():  # both rebuild the student from student.json
+        require_code_trust(run_dir, spec, trust_code)
     if layout not in ("ort", "tensorrt"):
         raise UserError(f"layout must be 'ort' or 'tensorrt', got {layout!r}")
     samples_path, holdout_path = run_dir / "samples.npz", run_dir / "holdout.npz"
@@ -59,7 +62,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
     fp32_path = run_dir / "student.onnx"
     if not fp32_path.is_file():
-        export(run_dir, fp32_path, batch=batch, opset=opset)  # images in [0, 1]
+        export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
     images, _ = SampleMemory.load(samples_path).all()
     holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
     generator = torch.Generator().manual_seed(0)
@@ -74,9 +77,9 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         from .onnx_export import ParityError
 
         try:
-            qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, layout=layout, batch=batch,
-                                                  opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr,
-                                                  show_progress=show_progress)
+            qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, trust_code=trust_code,
+                                                  layout=layout, batch=batch, opset=opset, qat_epochs=qat_epochs,
+                                                  qat_lr=qat_lr, show_progress=show_progress)
         except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
             qat_failure = f"its FP32 export does not match the fine-tuned model: {str(err).splitlines()[0]}"
         else:
@@ -203,8 +206,8 @@ def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
     return float(kd_divergence(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
 
 
-def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, layout: Layout,
-                   batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
+def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, trust_code: bool,
+                   layout: Layout, batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
                    show_progress: bool) -> tuple[Path, dict[str, Any]]:
     """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
     from .export import load_student
@@ -216,7 +219,7 @@ def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, te
         raise UserError(f"the teacher takes {list(teacher.spec.input_shape)} but the student takes "
                         f"{spec['input_shape']}; give the teacher this run was distilled from")
     config = _run_config(run_dir)
-    student, _ = load_student(run_dir)
+    student, _ = load_student(run_dir, trust_code=trust_code)
     if isinstance(student, torch.jit.ScriptModule):
         raise UserError(f"{run_dir}: the student's architecture cannot be rebuilt here (only TorchScript); "
                         "QAT needs it: make its factory importable, or use --no-qat")

@@ -189,6 +189,18 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
     onnx = export_onnx(student, d / "student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
                        fold_normalization=True, classes=DIGIT_CLASSES)
     make_bad_bundles(d, Path(onnx), DIGIT_CLASSES)
+
+    # A run folder whose student.json names Python code: importing it would leave a marker in the folder.
+    code_run = d / "code_run"
+    code_run.mkdir()
+    (code_run / "payload.py").write_text(f"open({str(code_run / 'PWNED')!r}, 'w').close()\n"
+                                         "def tiny(num_classes, in_channels):\n    raise SystemExit(7)\n")
+    torch.save(student.state_dict(), code_run / "student.pt")
+    torch.jit.save(torch.jit.script(student), code_run / "student.ts")
+    (code_run / "student.json").write_text(json.dumps({
+        "architecture": {"spec": f"{code_run / 'payload.py'}:tiny", "num_classes": 10, "in_channels": 1,
+                         "input_size": 16},
+        "input_shape": [1, 16, 16], "mean": [0.5], "std": [0.5], "classes": DIGIT_CLASSES}))
     return Kit(d, digits_teacher, Path(onnx))
 
 
@@ -373,6 +385,13 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
                                     ("/sys/nayer-edge-run", "not writable", "--out")),
     "out-parent-on-read-only-filesystem": (read_only_fs(distill(None, "--out", "/sys/nayer-edge/run", out=False)),
                                            ("/sys/nayer-edge/run", "not writable")),
+    # ---- run folders (export, quantize, deploy)
+    "run-names-python-code-export": (command("export", "{d}/code_run", "--out", "{tmp}/student.onnx"),
+                                     ("code_run/student.json", "payload.py:tiny", "runs that code", "--trust-code")),
+    "run-names-python-code-quantize": (command("quantize", "{d}/code_run", "--qat"),
+                                       ("code_run/student.json", "payload.py:tiny", "--trust-code")),
+    "run-names-python-code-deploy": (command("export", "{d}/code_run", "--target", "cpu-x86"),
+                                     ("code_run/student.json", "payload.py:tiny", "--trust-code")),
     # ---- models to verify
     "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
     "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
@@ -472,6 +491,48 @@ def test_malicious_pickle_does_not_run_without_trust_pickle(how, kit, tmp_path):
     trusted = run_cli("inspect", str(path), "--arch", "cnn_small", "--trust-pickle", cwd=tmp_path, timeout=TIMEOUT)
     assert marker.exists(), trusted.stderr[-2000:]
     assert "Traceback" not in trusted.stderr
+
+
+USER_STUDENTS = """
+import os
+from nayer_edge.zoo import create_model
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), "a") as log:
+    log.write("imported\\n")
+
+
+def tiny(num_classes, in_channels):
+    return create_model("cnn_tiny", num_classes=num_classes, in_channels=in_channels, input_size=16)
+"""
+
+
+def test_run_folder_student_code_is_imported_only_with_trust_code(kit, tmp_path):
+    """compress with the user's own student factory works (the factory is the one on its command line); a
+    later export, quantize or deploy of that run folder does not import the file student.json names (the
+    folder could come from anywhere) unless given --trust-code."""
+    (tmp_path / "my_students.py").write_text(USER_STUDENTS)
+    imports = tmp_path / "imports.log"
+    run = tmp_path / "run"
+    args = [*small(("--student",)), "--student", "my_students.py:tiny"]
+    result = run_cli("compress", str(kit.teacher.path), "--out", str(run), "--target", "cpu-x86", "--no-qat", *args,
+                     cwd=tmp_path, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "student.int8.onnx").is_file()
+    imported = imports.read_text()
+    assert imported.count("imported") >= 1
+
+    before = snapshot(tmp_path)
+    for refused in (["export", str(run), "--out", str(tmp_path / "other.onnx")], ["quantize", str(run), "--qat"],
+                    ["export", str(run), "--target", "cpu-x86"]):
+        result = run_cli(*refused, cwd=tmp_path, timeout=TIMEOUT)
+        assert_one_line_exit_2(result, ("run/student.json", "my_students.py:tiny", "--trust-code"))
+        assert snapshot(tmp_path) == before, f"{refused[0]} imported the factory or wrote files"
+
+    trusted = run_cli("export", str(run), "--out", str(tmp_path / "other.onnx"), "--trust-code", cwd=tmp_path,
+                      timeout=TIMEOUT)
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert imports.read_text().count("imported") == imported.count("imported") + 1
+    assert (tmp_path / "other.onnx").is_file()
 
 
 # --------------------------------------------------------------------------------------- output folders
