@@ -42,7 +42,10 @@ def read_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | No
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); remove it or run without --resume") from None
-    saved = checkpoint.get("config", {})
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        raise UserError(f"{path}: not a nayer-edge checkpoint (no run state and settings in it); remove it or run "
+                        "without --resume")
+    saved = checkpoint["config"]
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume: the run in {path.parent} used different settings ({', '.join(changed)}); "

@@ -69,6 +69,8 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
     return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
                    show_progress=show_progress, trust_code=trust_code)
 
@@ -118,6 +120,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     from .verify import verify
 
     remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
+    _check_memories(out_dir)
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
     max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
@@ -193,6 +196,16 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / "report.md", render_report(metrics, spec.name))
     return metrics
+
+
+def _check_memories(out_dir: Path) -> None:
+    """Read the run's sample memories before anything is written: a damaged one stops the deployment with the
+    folder as it was (the later stages calibrate, fine-tune and make reference inputs from them)."""
+    from .memory import SampleMemory
+
+    for name in ("samples.npz", "holdout.npz"):
+        if (out_dir / name).is_file():
+            SampleMemory.load(out_dir / name)
 
 
 def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: str | Path | None, eval_data: Any,

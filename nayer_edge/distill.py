@@ -256,6 +256,12 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     return metrics
 
 
+def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
+    detail = str(err).splitlines()[0][:200] if str(err) else ""
+    return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
+                     "run without --resume")
+
+
 def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
                  class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
                  show_progress: bool, arch: str | None, started: float, stop: StopRequest) -> dict[str, Any]:
@@ -333,8 +339,11 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     if checkpoint is not None and has_memories(checkpoint):
-        distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"], into=distiller.memory),
-                                  restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
+        try:
+            distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"], into=distiller.memory),
+                                      restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise _checkpoint_does_not_fit(out_dir, err) from None
     elif checkpoint is not None:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
@@ -347,7 +356,10 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
             sources = read_bytes_on_main(dist, sources)
         memory = SampleMemory.load(sources[0], config.memory_capacity)
         holdout = SampleMemory.load(sources[1])
-        distiller.load_state_dict(checkpoint, memory, holdout)
+        try:
+            distiller.load_state_dict(checkpoint, memory, holdout)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise _checkpoint_does_not_fit(out_dir, err) from None
     if dist.is_main:
         remove_temporaries(out_dir)
 

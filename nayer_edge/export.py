@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,68 @@ def read_student_spec(run_dir: str | Path) -> dict[str, Any]:
                         "run `nayer-edge distill` first")
     try:
         spec = json.loads(spec_path.read_text())
-        for key in ("architecture", "input_shape", "mean", "std", "classes"):
-            spec[key]
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"{spec_path}: unreadable ({type(err).__name__}: {err}); re-run distill") from None
+    problem = _student_spec_problem(spec)
+    if problem:
+        raise UserError(f"{spec_path}: {problem}; re-run distill to write it again")
     return spec
+
+
+def _positive_int(value: Any, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
+
+
+def _finite_numbers(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def shape_ok(shape: Any) -> bool:
+    return isinstance(shape, list) and len(shape) == 3 and all(_positive_int(v, 4096) for v in shape)
+
+
+def _student_spec_problem(spec: Any) -> str | None:
+    """What is wrong with a ``student.json``'s content, or None: every field the later stages use, checked."""
+    if not isinstance(spec, dict):
+        return f"expected a JSON object, got {type(spec).__name__}"
+    missing = [k for k in ("architecture", "input_shape", "mean", "std", "classes") if k not in spec]
+    if missing:
+        return f"no {', '.join(missing)}"
+    arch, shape, classes = spec["architecture"], spec["input_shape"], spec["classes"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("spec"), str) or not arch["spec"]:
+        return "architecture must be an object naming the model in 'spec'"
+    for key, most in (("num_classes", 100_000), ("in_channels", 64), ("input_size", 4096)):
+        if not _positive_int(arch.get(key), most):
+            return f"architecture {key} must be an integer from 1 to {most}, got {arch.get(key)!r}"
+    if not shape_ok(shape):
+        return f"input_shape must be [C, H, W] of integers from 1 to 4096, got {shape!r}"
+    if shape[0] != arch["in_channels"] or shape[1] != arch["input_size"]:
+        return (f"input_shape {shape} does not fit the architecture's {arch['in_channels']} channels and input "
+                f"size {arch['input_size']}")
+    for key in ("mean", "std"):
+        if not _finite_numbers(spec[key]) or len(spec[key]) not in (1, shape[0]):
+            count = "one finite number" if shape[0] == 1 else f"1 or {shape[0]} finite numbers"
+            return f"{key} must be a list of {count} (one per channel), got {spec[key]!r}"
+    if any(v <= 0 for v in spec["std"]):
+        return f"std must be positive, got {spec['std']!r}"
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)):
+        return "classes must be a list of class names"
+    if len(classes) != arch["num_classes"]:
+        return f"{len(classes)} class names for a student with {arch['num_classes']} outputs"
+    if len(set(classes)) != len(classes):
+        return "duplicate class names"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """The informative line of a loading error: torch puts a size mismatch on the line after its heading."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "not a file of weights: it holds pickled objects, which are never loaded"
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1][:300]
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
 
 
 def user_factory_of(spec: dict[str, Any]) -> str | None:
@@ -63,7 +121,8 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
     except UserError:
         model = None
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{run_dir}: unreadable student ({type(err).__name__}: {err}); re-run distill") from None
+        raise UserError(f"{run_dir / 'student.pt'}: unreadable, or not the weights of the student in student.json "
+                        f"({_first_line(err)}); re-run distill") from None
     if model is None:
         try:
             model = torch.jit.load(str(run_dir / "student.ts"), map_location="cpu")
@@ -90,6 +149,8 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
     path = export_onnx(model, out, input_shape=shape, mean=spec["mean"], std=spec["std"],
                        fold_normalization=fold_normalization, batch=batch, opset=opset, classes=spec["classes"])
     generator = torch.Generator().manual_seed(0)
+    # At most about 512 MB of parity images, however large the input (at least two images: a batch).
+    parity_samples = max(2, min(parity_samples, 2**27 // math.prod(shape)))
     images01 = torch.rand(parity_samples if batch is None else batch, *shape, generator=generator)
     reference = NormalizedModel(model, spec["mean"], spec["std"]).eval()
     if fold_normalization:

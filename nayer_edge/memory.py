@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .errors import UserError
 
 
 class SampleMemory:
@@ -154,11 +155,9 @@ class SampleMemory:
     @classmethod
     def load(cls, path: str | Path | BinaryIO, capacity: int | None = None, mmap_path: str | Path | None = None,
              device: torch.device | str = "cpu") -> "SampleMemory":
-        """A memory saved by :meth:`save`, from a path or an open binary file."""
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], data["labels"]
-            saved_capacity = int(data["capacity"])
-            total_added = int(data["total_added"])
+        """A memory saved by :meth:`save`, from a path or an open binary file; anything else (a damaged or
+        foreign file) raises UserError naming the file."""
+        images, labels, saved_capacity, total_added = _read_memory_file(path)
         memory = cls(capacity or saved_capacity, tuple(images.shape[1:]), mmap_path, device)
         keep = min(len(images), memory.capacity)
         memory._images[:keep] = torch.from_numpy(images[len(images) - keep:]).to(memory.device)
@@ -167,3 +166,41 @@ class SampleMemory:
         memory.next_index = keep % memory.capacity
         memory.total_added = total_added
         return memory
+
+
+def _read_memory_file(path: str | Path | BinaryIO) -> tuple[np.ndarray, np.ndarray, int, int]:
+    name = str(path) if isinstance(path, (str, Path)) else str(getattr(path, "name", "the sample memory"))
+
+    def refuse(problem: str) -> UserError:
+        return UserError(f"{name}: not a sample memory written by nayer-edge ({problem}); "
+                         "re-run distill to write it again")
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise refuse("a single array, not an .npz archive")
+            missing = [k for k in ("images", "labels", "capacity", "total_added") if k not in data.files]
+            if missing:
+                raise refuse(f"no {', '.join(missing)}")
+            images, labels = data["images"], data["labels"]
+            capacity, total_added = data["capacity"], data["total_added"]
+    except UserError:
+        raise
+    except OSError as err:
+        raise UserError(f"{name}: cannot read ({err.strerror or err}); re-run distill to write it again") from None
+    except Exception as err:  # noqa: BLE001 - zip, pickle and format errors of a damaged file
+        if "pickle" in str(err) or "Object arrays" in str(err):
+            raise refuse("it holds pickled Python objects, which are never loaded") from None
+        raise refuse(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or 0 in images.shape[1:]:
+        raise refuse(f"images must be uint8 N×C×H×W, got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+        raise refuse(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() > np.iinfo(np.int64).max):
+        raise refuse("labels out of range")
+    if capacity.shape != () or capacity.dtype.kind not in "iu" or total_added.shape != () \
+            or total_added.dtype.kind not in "iu":
+        raise refuse("capacity and total_added must be integers")
+    if not 1 <= int(capacity) <= 2**31 or int(total_added) < 0:
+        raise refuse(f"capacity {int(capacity)}, total_added {int(total_added)}")
+    return images, labels, int(capacity), int(total_added)

@@ -58,13 +58,22 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         from .evaldata import load_eval_data
 
         eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
+    if qat:
+        _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
     teacher_model = _load_run_teacher(run_dir, teacher, teacher_options) if qat else None
 
+    # The memories are read before anything is written: a damaged one leaves the folder as it was.
+    images, _ = SampleMemory.load(samples_path).all()
+    holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
+    for path, held in ((samples_path, images), (holdout_path, holdout)):
+        if held is not None and len(held) and list(held.shape[1:]) != list(spec["input_shape"]):
+            raise UserError(f"{path}: samples of shape {list(held.shape[1:])}, but the student takes "
+                            f"{spec['input_shape']}; re-run distill")
+    if not len(images):
+        raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
     fp32_path = run_dir / "student.onnx"
     if not fp32_path.is_file():
         export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
-    images, _ = SampleMemory.load(samples_path).all()
-    holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
     generator = torch.Generator().manual_seed(0)
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
     check_images = holdout if holdout is not None and len(holdout) else calibration_images
@@ -180,18 +189,34 @@ def _load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[s
 
     options = dict(options or {})
     if teacher is None:
-        recorded = {}
-        try:
-            recorded = json.loads((run_dir / "config.json").read_text())["teacher"]
-        except (OSError, ValueError, KeyError):
-            pass
-        if not recorded.get("path"):
+        recorded = _recorded(run_dir, "teacher")
+        if recorded is None or not recorded.get("path"):
             raise UserError(f"{run_dir}: no teacher recorded in config.json; give the teacher with --teacher")
+        if not isinstance(recorded["path"], str):
+            raise UserError(f"{run_dir}/config.json: the teacher's path is not text "
+                            f"({type(recorded['path']).__name__}); give the teacher with --teacher")
         teacher = recorded["path"]
-        for key in ("arch", "classes", "input_shape", "mean", "std"):
+        for key, kind in (("arch", str), ("classes", list), ("input_shape", list), ("mean", list), ("std", list)):
             if options.get(key) is None and recorded.get(key) is not None:
+                if not isinstance(recorded[key], kind):
+                    raise UserError(f"{run_dir}/config.json: the teacher's {key} should be a {kind.__name__}, not "
+                                    f"{type(recorded[key]).__name__}; give the teacher with --teacher and its options")
                 options[key] = recorded[key]
     return load_teacher(teacher, **options)
+
+
+def _recorded(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """``config.json``'s section ``key`` (None when there is no readable one; UserError when it is damaged)."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or key not in data:
+        return None
+    if not isinstance(data[key], dict):
+        raise UserError(f"{run_dir}/config.json: '{key}' should be an object, not {type(data[key]).__name__}; re-run "
+                        "distill or remove config.json")
+    return data[key]
 
 
 @torch.no_grad()
@@ -259,9 +284,8 @@ def _run_config(run_dir: Path) -> Any:
     from .config import DistillConfig
     from .strict import from_dict
 
-    try:
-        data = json.loads((run_dir / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
+    data = _recorded(run_dir, "config")
+    if data is None:
         return DistillConfig()
     known = set(DistillConfig.__dataclass_fields__)
     return from_dict(DistillConfig, {k: v for k, v in data.items() if k in known}, where=f"{run_dir}/config.json")

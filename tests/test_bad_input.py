@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import tarfile
 import zipfile
@@ -201,13 +202,41 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
         "architecture": {"spec": f"{code_run / 'payload.py'}:tiny", "num_classes": 10, "in_channels": 1,
                          "input_size": 16},
         "input_shape": [1, 16, 16], "mean": [0.5], "std": [0.5], "classes": DIGIT_CLASSES}))
+
+    # Run folders with a damaged synthetic memory or checkpoint.
+    from nayer_edge.memory import SampleMemory
+
+    memory_run = d / "memory_run"
+    memory_run.mkdir()
+    for name in ("student.pt", "student.ts"):
+        shutil_copy(code_run / name, memory_run / name)
+    shutil_copy(Path(onnx), memory_run / "student.onnx")
+    spec = json.loads((code_run / "student.json").read_text())
+    spec["architecture"]["spec"] = "cnn_tiny"
+    (memory_run / "student.json").write_text(json.dumps(spec))
+    (memory_run / "samples.npz").write_bytes(np.random.default_rng(1).integers(0, 256, 3000, np.uint8).tobytes())
+    for name, change in (("bad_spec_run", "spec"), ("bad_weights_run", "weights")):
+        shutil.copytree(memory_run, d / name)
+        SampleMemory(4, (1, 16, 16)).save(d / name / "samples.npz")
+        if change == "spec":
+            (d / name / "student.json").write_text(json.dumps({**spec, "std": [0.0]}))
+        else:
+            (d / name / "student.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 3000, np.uint8).tobytes())
+    (d / "list_checkpoint_run").mkdir()
+    torch.save([1, 2, 3], d / "list_checkpoint_run" / "checkpoint.pt")
+    from nayer_edge.config import load_config
+
+    settings = load_config(TEST_RECIPE, {"epochs": 1, "kd_steps": 1, "g_steps": 1, "synthesis_batch": 10,
+                                         "kd_batch": 8, "student": "cnn_tiny", "device": "cpu", "embedding": "onehot"})
+    (d / "stateless_checkpoint_run").mkdir()
+    torch.save({"config": settings.to_dict(), "memory_ring": {}, "holdout_ring": {}},
+               d / "stateless_checkpoint_run" / "checkpoint.pt")
     return Kit(d, digits_teacher, Path(onnx))
 
 
 def make_bad_bundles(d: Path, onnx: Path, classes: list[str]) -> None:
     """A good Jetson bundle, then copies with a file missing, a file changed, an engine stamped for another
     GPU and TensorRT, and an engine without a stamp (an engine must be one this machine can run)."""
-    import shutil
 
     from nayer_edge.bundle import make_bundle
 
@@ -392,6 +421,19 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
                                        ("code_run/student.json", "payload.py:tiny", "--trust-code")),
     "run-names-python-code-deploy": (command("export", "{d}/code_run", "--target", "cpu-x86"),
                                      ("code_run/student.json", "payload.py:tiny", "--trust-code")),
+    "run-damaged-synthetic-memory": (command("quantize", "{d}/memory_run", "--out", "{tmp}/int8.onnx"),
+                                     ("memory_run/samples.npz", "not a sample memory", "re-run distill")),
+    "run-student-json-invalid": (command("export", "{d}/bad_spec_run", "--out", "{tmp}/student.onnx"),
+                                 ("bad_spec_run/student.json", "std must be positive", "re-run distill")),
+    "run-student-weights-not-weights": (command("export", "{d}/bad_weights_run", "--out", "{tmp}/student.onnx"),
+                                        ("bad_weights_run/student.pt", "unreadable", "re-run distill")),
+    "resume-checkpoint-not-a-checkpoint": (distill(None, "--out", "{d}/list_checkpoint_run", "--resume", out=False),
+                                           ("list_checkpoint_run/checkpoint.pt", "not a nayer-edge checkpoint",
+                                            "without --resume")),
+    "resume-checkpoint-without-run-state": (distill(None, "--out", "{d}/stateless_checkpoint_run", "--resume",
+                                                    out=False),
+                                            ("stateless_checkpoint_run/checkpoint.pt", "damaged or not this run's",
+                                             "without --resume")),
     # ---- models to verify
     "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
     "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
@@ -533,6 +575,20 @@ def test_run_folder_student_code_is_imported_only_with_trust_code(kit, tmp_path)
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert imports.read_text().count("imported") == imported.count("imported") + 1
     assert (tmp_path / "other.onnx").is_file()
+
+
+def test_a_library_warning_is_one_line_on_the_command_line(kit, tmp_path):
+    """Warnings reach the CLI user as 'warning: ...', not Python's two lines with the raising source line."""
+    out = tmp_path / "run"
+    first = run_cli("distill", str(kit.teacher.path), "--out", str(out), *SMALL, cwd=tmp_path, timeout=TIMEOUT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_cli("distill", str(kit.teacher.path), "--out", str(out), "--resume", *small(("--epochs",)),
+                      "--epochs", "2", cwd=tmp_path, timeout=TIMEOUT, env={"PYTHONWARNINGS": "default"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    warned = [line for line in resumed.stderr.splitlines() if "resumed with other settings" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: resumed with other settings (epochs: 1 → 2)"), \
+        resumed.stderr[-3000:]
+    assert "UserWarning" not in resumed.stderr and "_build_and_run" not in resumed.stderr, resumed.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------------------- output folders

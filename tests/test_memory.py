@@ -259,3 +259,64 @@ def test_empty_memory_sample_raises():
 def test_non_positive_capacity_is_rejected():
     with pytest.raises(ValueError, match="positive"):
         SampleMemory(0, SHAPE)
+
+
+def _saved(tmp_path, **arrays):
+    path = tmp_path / "samples.npz"
+    base = dict(images=np.zeros((3, 1, 4, 4), np.uint8), labels=np.arange(3), capacity=np.int64(8),
+                total_added=np.int64(3))
+    np.savez(path, **{k: v for k, v in {**base, **arrays}.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("random", "not a sample memory"),
+    ("empty", "not a sample memory"),
+    ("objects", "pickled Python objects"),
+    ("no_labels", "no labels"),
+    ("float_images", "uint8 N×C×H×W"),
+    ("flat_images", "uint8 N×C×H×W"),
+    ("label_count", "labels must be 3 integers"),
+    ("float_labels", "labels must be 3 integers"),
+    ("negative_label", "labels out of range"),
+    ("zero_capacity", "capacity 0"),
+    ("capacity_array", "capacity and total_added must be integers"),
+])
+def test_a_damaged_memory_file_is_one_user_error_naming_it(tmp_path, damage, words):
+    """samples.npz / holdout.npz come from a run folder: a damaged or foreign one is refused in words, never
+    unpickled, never a numpy or zip traceback."""
+    from nayer_edge.errors import UserError
+
+    path = tmp_path / "samples.npz"
+    if damage == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "objects":
+        _saved(tmp_path, images=np.array([None] * 3, dtype=object))
+    elif damage == "no_labels":
+        _saved(tmp_path, labels=None)
+    elif damage == "float_images":
+        _saved(tmp_path, images=np.zeros((3, 1, 4, 4), np.float32))
+    elif damage == "flat_images":
+        _saved(tmp_path, images=np.zeros((3, 16), np.uint8))
+    elif damage == "label_count":
+        _saved(tmp_path, labels=np.arange(2))
+    elif damage == "float_labels":
+        _saved(tmp_path, labels=np.zeros(3))
+    elif damage == "negative_label":
+        _saved(tmp_path, labels=np.array([0, -1, 2]))
+    elif damage == "zero_capacity":
+        _saved(tmp_path, capacity=np.int64(0))
+    elif damage == "capacity_array":
+        _saved(tmp_path, capacity=np.arange(2))
+    with pytest.raises(UserError) as caught:
+        SampleMemory.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and words in message and "re-run distill" in message, message
+    assert "\n" not in message
+
+
+def test_a_memory_file_as_written_still_loads(tmp_path):
+    memory = SampleMemory.load(_saved(tmp_path))
+    assert memory.size == 3 and memory.capacity == 8 and memory.total_added == 3
