@@ -120,8 +120,14 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     from .verify import verify
 
     remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
-    _check_memories(out_dir)
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
+    # Everything the later stages read is checked before the first file is written.
+    _check_memories(out_dir, needs_samples=precision == "int8")
+    qat_teacher = None
+    if precision == "int8" and qat:
+        from .quantize import load_run_teacher
+
+        qat_teacher = load_run_teacher(out_dir, teacher, teacher_options)
     max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
     exported = export(out_dir, out_dir / "student.onnx", batch=batch, opset=spec.opset, trust_code=trust_code)
@@ -132,7 +138,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         from .quantize import quantize
 
         int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
-                        teacher=teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
+                        teacher=qat_teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
                         opset=spec.opset, show_progress=show_progress, trust_code=trust_code)
         deployed = int8["int8_onnx"]
     elif precision == "fp16":
@@ -198,11 +204,13 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     return metrics
 
 
-def _check_memories(out_dir: Path) -> None:
+def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
     """Read the run's sample memories before anything is written: a damaged one stops the deployment with the
     folder as it was (the later stages calibrate, fine-tune and make reference inputs from them)."""
     from .memory import SampleMemory
 
+    if needs_samples and not (out_dir / "samples.npz").is_file():
+        raise UserError(f"{out_dir}: no samples.npz (the synthetic memory) to calibrate INT8 on; re-run distill")
     for name in ("samples.npz", "holdout.npz"):
         if (out_dir / name).is_file():
             SampleMemory.load(out_dir / name)

@@ -128,6 +128,9 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
             model = torch.jit.load(str(run_dir / "student.ts"), map_location="cpu")
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{run_dir}: unreadable student.ts ({type(err).__name__}); re-run distill") from None
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+        raise UserError(f"{run_dir}: the student's weights hold NaN or inf (a diverged or damaged run); re-run distill")
     return model.eval(), spec
 
 
@@ -160,3 +163,30 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
     return {"onnx": str(path), "input": "images01" if fold_normalization else "normalised",
             "input_shape": list(shape), "batch": batch, "opset": opset, "parity": report.to_dict(),
             "bytes": Path(path).stat().st_size}
+
+
+def check_onnx_fits(path: Path, spec: dict[str, Any]) -> None:
+    """UserError unless the ONNX model at ``path`` takes one N×C×H×W input and gives N×K logits for the student
+    of ``spec`` (a ``student.json``): a damaged or foreign ``student.onnx`` is found before it is quantized."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf decode errors of every kind
+        raise UserError(f"{path}: not a loadable ONNX model ({type(err).__name__}); remove it and run again "
+                        "(it is exported anew)") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+
+    def dims(value: Any) -> list[int | None]:
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    expected_in, classes = list(spec["input_shape"]), len(spec["classes"])
+    got_in = dims(inputs[0]) if len(inputs) == 1 else None
+    got_out = dims(model.graph.output[0]) if len(model.graph.output) >= 1 else None
+    fits_in = got_in is not None and len(got_in) == 4 and all(g in (None, e) for g, e in zip(got_in[1:], expected_in))
+    fits_out = got_out is not None and len(got_out) == 2 and got_out[1] in (None, classes)
+    if not (fits_in and fits_out):
+        raise UserError(f"{path}: takes {got_in if got_in is not None else f'{len(inputs)} inputs'} and gives "
+                        f"{got_out}, not N×{'×'.join(map(str, expected_in))} images to N×{classes} logits as "
+                        "student.json says; remove it and run again (it is exported anew)")

@@ -25,7 +25,7 @@ DEPLOYED = "student.int8.onnx"
 
 
 def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
-             teacher: str | Path | None = None, teacher_options: dict[str, Any] | None = None,
+             teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
              calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
              batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
              show_progress: bool = False, trust_code: bool = False) -> dict[str, Any]:
@@ -34,12 +34,12 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     Writes ``student.onnx`` (FP32, if missing), ``student.int8-ptq.onnx``, with ``qat`` also
     ``student.qat-fp32.onnx`` (the fine-tuned, BN-folded FP32 model) and ``student.int8-qat.onnx``, and a
     copy of the deployed one at ``out`` (default ``student.int8.onnx``). ``teacher`` defaults to the one
-    recorded in the run's ``config.json``. ``batch`` fixes the exported batch (None: dynamic). ``trust_code``:
+    recorded in the run's ``config.json`` (a loaded teacher is used as it is). ``batch`` fixes the exported batch (None: dynamic). ``trust_code``:
     import a student factory the run folder names (see :func:`~nayer_edge.export.load_student`).
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from .export import export, read_student_spec, require_code_trust
+    from .export import check_onnx_fits, export, read_student_spec, require_code_trust
     from .memory import SampleMemory
 
     run_dir = Path(run_dir)
@@ -60,7 +60,12 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
     if qat:
         _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
-    teacher_model = _load_run_teacher(run_dir, teacher, teacher_options) if qat else None
+    teacher_model = None
+    if qat:
+        from .teacher import LoadedTeacher
+
+        teacher_model = (teacher if isinstance(teacher, LoadedTeacher)
+                         else load_run_teacher(run_dir, teacher, teacher_options))
 
     # The memories are read before anything is written: a damaged one leaves the folder as it was.
     images, _ = SampleMemory.load(samples_path).all()
@@ -72,7 +77,9 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     if not len(images):
         raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
     fp32_path = run_dir / "student.onnx"
-    if not fp32_path.is_file():
+    if fp32_path.is_file():
+        check_onnx_fits(fp32_path, spec)
+    else:
         export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
     generator = torch.Generator().manual_seed(0)
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
@@ -184,7 +191,8 @@ class _Runner:
         return run_session(self.session, x)
 
 
-def _load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[str, Any] | None) -> Any:
+def load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[str, Any] | None) -> Any:
+    """The teacher for QAT: ``teacher`` with ``options``, else the one the run's ``config.json`` records."""
     from .teacher import load_teacher
 
     options = dict(options or {})

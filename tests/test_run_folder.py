@@ -168,3 +168,56 @@ def test_deploy_refuses_metrics_that_are_not_an_object(run_dir):
     (run_dir / "metrics.json").write_text("[]")
     with pytest.raises(UserError, match="metrics.json: expected a JSON object, got list"):
         deploy(run_dir, target="cpu-x86")
+
+
+def test_student_weights_with_nan_are_refused(run_dir):
+    from nayer_edge.export import load_student
+
+    state = torch.load(run_dir / "student.pt", weights_only=True)
+    next(v for k, v in state.items() if k.endswith("weight")).view(-1)[0] = float("nan")
+    torch.save(state, run_dir / "student.pt")
+    with pytest.raises(UserError, match="weights hold NaN or inf"):
+        load_student(run_dir)
+
+
+@pytest.mark.parametrize("onnx_file", ["garbage", "image_out", "two_inputs"])
+def test_quantize_refuses_a_student_onnx_that_does_not_fit(run_dir, onnx_file):
+    """quantize reuses an existing student.onnx: a damaged or foreign one is refused before PTQ writes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nayer_edge.quantize import quantize
+
+    path = run_dir / "student.onnx"
+    if onnx_file == "garbage":
+        path.write_bytes(b"\x08\x07garbage that is not a protobuf model")
+        words = "not a loadable ONNX model"
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
+        inputs = [x] + ([helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 1, 8, 8])]
+                        if onnx_file == "two_inputs" else [])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", inputs, [y])
+        onnx.save(helper.make_model(graph), path)
+        words = "not N×1×8×8 images to N×3 logits"
+    before = snapshot(run_dir)
+    with pytest.raises(UserError, match=words):
+        quantize(run_dir)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("missing", ["samples", "teacher"])
+def test_deploy_checks_what_it_needs_before_writing(run_dir, missing):
+    """An INT8 deployment without the synthetic memory, or (for QAT) without a loadable teacher, stops before
+    student.onnx or anything else is written."""
+    from nayer_edge.compress import deploy
+
+    if missing == "samples":
+        (run_dir / "samples.npz").unlink()
+        words = "no samples.npz"
+    else:
+        words = "t.pt"  # config.json records a teacher that is not there
+    before = snapshot(run_dir)
+    with pytest.raises(UserError, match=words):
+        deploy(run_dir, target="cpu-x86", qat=True)
+    assert snapshot(run_dir) == before
