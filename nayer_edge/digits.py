@@ -82,13 +82,19 @@ def train_digits_teacher(epochs: int = 40, seed: int = 0) -> tuple[torch.nn.Modu
 def ensure_digits_teacher(cache_dir: Path | None = None) -> DigitsTeacher:
     """Train the demo teacher once and cache it as TorchScript with its metadata and the held-out split."""
     from .atomic import atomic_write_bytes, atomic_write_text
+    from .errors import UserError
     from .evaldata import save_npz
 
     folder = (cache_dir or default_cache_dir()) / "demo"
     teacher_path, eval_path, info_path = folder / "digits_teacher.pt", folder / "digits_heldout.npz", folder / "info.json"
     if teacher_path.is_file() and eval_path.is_file() and info_path.is_file():
         return DigitsTeacher(teacher_path, eval_path, json.loads(info_path.read_text())["accuracy"])
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        source = "$NAYER_EDGE_CACHE" if cache_dir is None and os.environ.get("NAYER_EDGE_CACHE") else "the cache"
+        raise UserError(f"cannot make the demo teacher's folder {folder} ({err.strerror or type(err).__name__}); point "
+                        f"{source} at a folder you can write to") from None
     model, acc = train_digits_teacher()
     example = torch.zeros(1, *INPUT_SHAPE)
     scripted = torch.jit.trace(model, example)

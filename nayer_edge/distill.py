@@ -68,6 +68,14 @@ def prepare_output_dir(out_dir: Path) -> None:
                 pass
 
 
+def prepare_output_file(path: Path) -> None:
+    """Fail early, before any work, if the file ``path`` (an ``--out``) cannot be written: a folder there, a
+    file where its folder should be, or a folder that cannot be made or written."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; pass --out with a file path (or leave it out)")
+    prepare_output_dir(path.parent)
+
+
 def _make_folders(out_dir: Path) -> list[Path]:
     """``out_dir`` and its missing parents made; returns those this call made, outermost first."""
     missing = [folder for folder in [*reversed(out_dir.parents), out_dir] if not folder.exists()]
@@ -273,6 +281,12 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     channels, height, width = spec.input_shape
     # Rank 0 reads the checkpoint and hands it (or its error) to every rank.
     checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config)) if resume else None
+    if resume and checkpoint is None and dist.is_main:
+        warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=2)
+    saved_teacher = checkpoint.get("teacher_sha256") if checkpoint is not None else None
+    if saved_teacher is not None and saved_teacher != loaded.sha256:
+        raise UserError(f"--resume: the run in {out_dir} was distilled from another teacher (sha256 {saved_teacher[:12]}…, "
+                        f"this one {loaded.sha256[:12]}…); resume with the same teacher or use another --out")
     if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size:
         raise UserError(f"--resume: the run in {out_dir} used {checkpoint.get('world_size', 1)} process(es); resume it "
                         f"with as many (torchrun --nnodes × --nproc-per-node), not {dist.world_size}")
@@ -374,7 +388,8 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         # Only rank 0 writes. The other ranks do not wait for it here: they go on synthesising the next
         # round and meet rank 0 at its all-gather (within the process group's timeout).
         if dist.is_main:
-            write_checkpoint(out_dir / CHECKPOINT, state, config, d.memory, d.holdout)
+            write_checkpoint(out_dir / CHECKPOINT, {**state, "teacher_sha256": loaded.sha256}, config, d.memory,
+                             d.holdout)
             if not written and not resume:
                 # This run's first checkpoint has replaced an earlier run's: that run's samples go with it.
                 for stale in (MEMORY, HOLDOUT):

@@ -144,9 +144,11 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
 
         export("runs/demo", "runs/demo/student.onnx")
     """
+    from .distill import prepare_output_file
     from .normalize import NormalizedModel
     from .onnx_export import check_parity, export_onnx
 
+    prepare_output_file(Path(out))
     model, spec = load_student(run_dir, trust_code=trust_code)
     shape = tuple(spec["input_shape"])
     path = export_onnx(model, out, input_shape=shape, mean=spec["mean"], std=spec["std"],

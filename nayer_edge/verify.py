@@ -210,7 +210,15 @@ def _onnx_predictor(session: Any, path: Path, notes: list[str]) -> _Predictor:
     from .onnx_export import run_session
 
     meta = _onnx_metadata(session)
-    inp = session.get_inputs()[0]
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise UserError(f"{path}: takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not one batch of "
+                        "images; verify checks image classifiers (export yours with one image input)")
+    out_dims = session.get_outputs()[0].shape
+    if out_dims is not None and len(out_dims) not in (0, 2):
+        raise UserError(f"{path}: its first output has shape {list(out_dims)}, not N×K logits; verify checks image "
+                        "classifiers (export the logits as the first output)")
+    inp = inputs[0]
     dims = list(inp.shape)
     shape = meta.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
@@ -227,7 +235,6 @@ def _onnx_predictor(session: Any, path: Path, notes: list[str]) -> _Predictor:
         notes.append(f"{path.name} has no nayer_edge metadata; assuming it takes images in [0, 1]")
     elif kind != IMAGES01:
         raise UserError(f"{path}: unknown input convention '{kind}' in its metadata (expected {IMAGES01} or {NORMALISED})")
-    out_dims = session.get_outputs()[0].shape
     num_classes = out_dims[-1] if out_dims and isinstance(out_dims[-1], int) and out_dims[-1] > 0 else None
     return _Predictor(path.name, tuple(shape) if shape else None, mean, std,
                       lambda x: run_session(session, x).astype(np.float64), num_classes)

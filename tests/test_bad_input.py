@@ -222,6 +222,14 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
             (d / name / "student.json").write_text(json.dumps({**spec, "std": [0.0]}))
         else:
             (d / name / "student.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 3000, np.uint8).tobytes())
+    from onnx import TensorProto, helper
+    from onnx import save as save_onnx
+
+    image = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, 16, 16])  # noqa: E731
+    for name, inputs in (("two_inputs.onnx", ["a", "b"]), ("image_out.onnx", ["a"])):
+        node = helper.make_node("Add" if len(inputs) == 2 else "Identity", inputs, ["y"])
+        graph = helper.make_graph([node], "g", [image(i) for i in inputs], [image("y")])
+        save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / name)
     (d / "list_checkpoint_run").mkdir()
     torch.save([1, 2, 3], d / "list_checkpoint_run" / "checkpoint.pt")
     from nayer_edge.config import load_config
@@ -427,6 +435,13 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
                                  ("bad_spec_run/student.json", "std must be positive", "re-run distill")),
     "run-student-weights-not-weights": (command("export", "{d}/bad_weights_run", "--out", "{tmp}/student.onnx"),
                                         ("bad_weights_run/student.pt", "unreadable", "re-run distill")),
+    "export-out-is-a-folder": (command("export", "{d}/memory_run", "--out", "{tmp}/earlier"),
+                               ("--out", "earlier is a folder", "file path")),
+    "export-out-under-a-file": (command("export", "{d}/memory_run", "--out", "{tmp}/earlier/report.md/student.onnx"),
+                                ("report.md is a file",)),
+    "quantize-out-on-read-only-filesystem": (read_only_fs(command("quantize", "{d}/memory_run", "--out",
+                                                                  "/sys/nayer-edge/int8.onnx")),
+                                             ("/sys/nayer-edge", "not writable")),
     "resume-checkpoint-not-a-checkpoint": (distill(None, "--out", "{d}/list_checkpoint_run", "--resume", out=False),
                                            ("list_checkpoint_run/checkpoint.pt", "not a nayer-edge checkpoint",
                                             "without --resume")),
@@ -437,6 +452,9 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
     # ---- models to verify
     "verify-not-onnx": (command("verify", "{teacher}"), ("teacher.pt", "not a loadable ONNX model")),
     "verify-missing-model": (command("verify", "{d}/nothing.onnx"), ("nothing.onnx", "no such ONNX file")),
+    "verify-two-inputs": (command("verify", "{d}/two_inputs.onnx"), ("two_inputs.onnx", "takes 2 inputs (a, b)")),
+    "verify-output-not-logits": (command("verify", "{onnx}", "--reference", "{d}/image_out.onnx"),
+                                 ("image_out.onnx", "shape ['N', 1, 16, 16]", "not N×K logits")),
     "verify-missing-reference": (command("verify", "{onnx}", "--reference", "{d}/nowhere"), ("reference", "nowhere")),
     # ---- deploy bundles
     "bundle-missing-file": (command("verify", "{d}/bundle_missing_file"), ("labels.txt is missing",)),
@@ -589,6 +607,30 @@ def test_a_library_warning_is_one_line_on_the_command_line(kit, tmp_path):
     assert len(warned) == 1 and warned[0].startswith("warning: resumed with other settings (epochs: 1 → 2)"), \
         resumed.stderr[-3000:]
     assert "UserWarning" not in resumed.stderr and "_build_and_run" not in resumed.stderr, resumed.stderr[-3000:]
+
+
+def test_a_cache_that_is_a_file_is_one_line(kit, tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), cwd=tmp_path, timeout=TIMEOUT,
+                     env={"NAYER_EDGE_CACHE": str(cache)})
+    assert_one_line_exit_2(result, ("cache/demo", "Not a directory", "point $NAYER_EDGE_CACHE at a folder"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_resume_refuses_another_teacher_and_says_when_there_is_nothing_to_resume(kit, tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("distill", str(kit.teacher.path), "--out", str(out), *SMALL, cwd=tmp_path, timeout=TIMEOUT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = snapshot(out)
+    other = run_cli("distill", str(kit.dir / "state_dict.pt"), "--arch", "cnn_small", "--input-shape", "1,16,16",
+                    "--out", str(out), "--resume", *SMALL, cwd=tmp_path, timeout=TIMEOUT)
+    assert_one_line_exit_2(other, ("--resume", "distilled from another teacher", "the same teacher"))
+    assert snapshot(out) == before
+    fresh = run_cli("distill", str(kit.teacher.path), "--out", str(tmp_path / "new"), "--resume", *SMALL,
+                    cwd=tmp_path, timeout=TIMEOUT, env={"PYTHONWARNINGS": "default"})
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert f"warning: --resume: no checkpoint in {tmp_path / 'new'}; starting a new run" in fresh.stderr
 
 
 # --------------------------------------------------------------------------------------- output folders
