@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -92,6 +93,68 @@ def load_manifest(bundle_dir: str) -> Dict[str, Any]:
     return manifest
 
 
+def _is_int(value: Any, least: int, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_fraction(value: Any) -> bool:
+    return value is None or (_is_number(value) and 0 <= value <= 1)
+
+
+def manifest_problem(manifest: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the fields the scripts read from a manifest, or None. (The hashes say whether the
+    files were changed; this says whether what they describe can be used: a re-sealed manifest can say
+    anything.)"""
+    classes = manifest.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+        return "classes must be a list of at least 2 class names"
+    if len(set(classes)) != len(classes):
+        return "classes holds duplicate names"
+    spec = manifest.get("input")
+    if not isinstance(spec, dict):
+        return "input must be an object (shape, convention, mean, std)"
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1, 4096) for d in shape)):
+        return "input shape must be [C, H, W] of integers from 1 to 4096, got {!r}".format(shape)
+    if spec.get("convention") not in ("images01", "normalised"):
+        return "input convention must be 'images01' or 'normalised', got {!r}".format(spec.get("convention"))
+    for key in ("mean", "std"):
+        values = spec.get(key)
+        if not (isinstance(values, list) and len(values) in (1, shape[0]) and all(_is_number(v) for v in values)):
+            return "input {} must be 1 or {} finite numbers, got {!r}".format(key, shape[0], values)
+    if any(v <= 0 for v in spec["std"]):
+        return "input std must be positive, got {!r}".format(spec["std"])
+    for section in ("model", "reference"):
+        if not (isinstance(manifest.get(section), dict) and isinstance(manifest[section].get("file"), str)):
+            return "{} must be an object naming its file".format(section)
+    for section in ("accuracy", "latency", "engine", "parity"):
+        if not isinstance(manifest.get(section, {}), dict):
+            return "{} must be an object".format(section)
+    accuracy, latency = manifest.get("accuracy", {}), manifest.get("latency", {})
+    if not _is_fraction(accuracy.get("expected")):
+        return "accuracy expected must be a fraction in [0, 1], got {!r}".format(accuracy.get("expected"))
+    drop = accuracy.get("max_drop_points")
+    if drop is not None and not (_is_number(drop) and 0 <= drop <= 100):
+        return "accuracy max_drop_points must be a number of points from 0 to 100, got {!r}".format(drop)
+    labelled = manifest.get("labelled")
+    if labelled is not None and not (isinstance(labelled, dict) and isinstance(labelled.get("file"), str)
+                                     and _is_fraction(labelled.get("top1"))):
+        return "labelled must be an object naming its file with a top1 fraction"
+    if latency.get("batch") is not None and not _is_int(latency.get("batch"), 1, 65536):
+        return "latency batch must be a positive integer, got {!r}".format(latency.get("batch"))
+    limit = latency.get("max_ms")
+    if limit is not None and not (_is_number(limit) and limit > 0):
+        return "latency max_ms must be a positive number, got {!r}".format(limit)
+    engine_file = manifest.get("engine", {}).get("file")
+    if engine_file is not None and not isinstance(engine_file, str):
+        return "engine file must be a file name"
+    return None
+
+
 def verify_integrity(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> List[str]:
     """Check the manifest's self-hash, then the sha256 of every listed file; return the files checked.
 
@@ -128,6 +191,9 @@ def verify_integrity(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None)
         if name.startswith("scripts/") or name.startswith(model_file + "."):
             raise IntegrityError(name, "integrity gate failed: {} is not listed in {}; remove it".format(
                 name, MANIFEST))
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BundleError("{}: {}; rebuild the bundle with nayer-edge export".format(MANIFEST, problem))
     return sorted(files)
 
 
@@ -143,16 +209,19 @@ def _unlisted_files(bundle_dir: str, files: Dict[str, str]) -> List[str]:
 
 
 def load_arrays(bundle_dir: str, name: str, keys: List[str]) -> Dict[str, np.ndarray]:
-    """Arrays ``keys`` from the bundle's ``.npz`` file ``name``; BundleError when absent or incomplete."""
+    """Arrays ``keys`` from the bundle's ``.npz`` file ``name``; BundleError when absent, incomplete or empty."""
     path = os.path.join(bundle_dir, name)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
             if missing:
                 raise BundleError("{}: missing array(s) {}".format(name, ", ".join(missing)))
-            return {k: np.asarray(data[k]) for k in keys}
+            arrays = {k: np.asarray(data[k]) for k in keys}
     except (OSError, ValueError) as err:
         raise BundleError("{}: cannot read ({})".format(name, str(err).splitlines()[0])) from None
+    if any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
+        raise BundleError("{}: holds no samples; rebuild the bundle with nayer-edge export".format(name))
+    return arrays
 
 
 def images_to_input(images_u8: np.ndarray, manifest: Dict[str, Any]) -> np.ndarray:

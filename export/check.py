@@ -109,6 +109,9 @@ class OnnxRuntimeRunner:
             options.inter_op_num_threads = 1
         self.version = ort.__version__
         self.session = ort.InferenceSession(onnx_path, sess_options=options, providers=["CPUExecutionProvider"])
+        if len(self.session.get_inputs()) != 1:
+            raise BadInput("{}: takes {} inputs, not one batch of images; rebuild the bundle with nayer-edge "
+                           "export".format(os.path.basename(onnx_path), len(self.session.get_inputs())))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         first = inp.shape[0]

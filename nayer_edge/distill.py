@@ -378,7 +378,8 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         remove_temporaries(out_dir)
 
     teacher_accuracy = accuracy(teacher_module, *eval_set, device=device) if eval_set is not None else None
-    resolved = {"config": config.to_dict(), "teacher": {"path": str(loaded.path), "format": loaded.format,
+    # Absolute, so that export --target and quantize --qat find the teacher from any working directory.
+    resolved = {"config": config.to_dict(), "teacher": {"path": str(Path(loaded.path).resolve()), "format": loaded.format,
                 "sha256": loaded.sha256, "input_shape": list(spec.input_shape), "mean": list(spec.mean),
                 "std": list(spec.std), "classes": class_names, "arch": arch},
                 "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__}}

@@ -214,6 +214,9 @@ def load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[st
                     raise UserError(f"{run_dir}/config.json: the teacher's {key} should be a {kind.__name__}, not "
                                     f"{type(recorded[key]).__name__}; give the teacher with --teacher and its options")
                 options[key] = recorded[key]
+        if not Path(teacher).exists():
+            raise UserError(f"{run_dir}/config.json: the teacher it records, {teacher}, is not there; give the teacher "
+                            "with --teacher")
     return load_teacher(teacher, **options)
 
 

@@ -378,3 +378,58 @@ def test_verify_bundle_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no manifest.json"):
         verify_bundle(tmp_path / "empty")
+
+
+def _reseal_manifest(folder: Path, edit) -> None:
+    """Change manifest fields and re-seal it: the hashes then pass, so only the field checks stand in the way."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_reseal_bundle_io2", folder / "scripts" / "bundle_io.py")
+    bundle_io = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_io)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(bundle_io.seal_manifest(manifest), indent=2))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update(classes=5), "classes must be a list of at least 2 class names"),
+    (lambda m: m.update(classes=["a"]), "classes must be a list of at least 2 class names"),
+    (lambda m: m.pop("input"), "input must be an object"),
+    (lambda m: m["input"].update(shape="abc"), "input shape must be [C, H, W]"),
+    (lambda m: m["input"].update(shape=[1, 100000, 100000]), "input shape must be [C, H, W]"),
+    (lambda m: m["input"].update(mean=[float("nan")]), "input mean must be 1 or"),
+    (lambda m: m["input"].update(std=[0.0]), "input std must be positive"),
+    (lambda m: m["input"].update(convention="bgr"), "input convention must be"),
+    (lambda m: m.update(accuracy="high"), "accuracy must be an object"),
+    (lambda m: m["accuracy"].update(max_drop_points="x"), "max_drop_points must be a number"),
+    (lambda m: m.update(labelled="labelled.npz"), "labelled must be an object"),
+    (lambda m: m["latency"].update(batch=0), "latency batch must be a positive integer"),
+    (lambda m: m["latency"].update(batch="x"), "latency batch must be a positive integer"),
+    (lambda m: m.update(engine="x"), "engine must be an object"),
+])
+def test_a_resealed_manifest_with_unusable_fields_is_refused(models, tmp_path, edit, words):
+    """The hashes are no signature: a re-sealed manifest passes them, and its fields are checked for what the
+    device scripts need (they were read as they came: tracebacks, or a pass on nonsense)."""
+    info = _bundle(models, tmp_path / "bundle")
+    folder = Path(info["bundle_dir"])
+    _reseal_manifest(folder, edit)
+    with pytest.raises(UserError) as caught:
+        verify_bundle(folder)
+    assert "manifest.json: " in str(caught.value) and words in str(caught.value), caught.value
+    assert "rebuild the bundle" in str(caught.value)
+
+
+def test_an_empty_reference_is_refused(models, tmp_path):
+    info = _bundle(models, tmp_path / "bundle")
+    folder = Path(info["bundle_dir"])
+    np.savez(folder / "reference.npz", inputs=np.zeros((0, 1, 16, 16), np.float32), logits=np.zeros((0, 10), np.float32))
+    _reseal_manifest(folder, lambda m: m["files"].update({"reference.npz": _sha256(folder / "reference.npz")}))
+    with pytest.raises(UserError, match="reference.npz: holds no samples"):
+        verify_bundle(folder)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

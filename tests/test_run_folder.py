@@ -216,7 +216,7 @@ def test_deploy_checks_what_it_needs_before_writing(run_dir, missing):
         (run_dir / "samples.npz").unlink()
         words = "no samples.npz"
     else:
-        words = "t.pt"  # config.json records a teacher that is not there
+        words = "t.pt, is not there; give the teacher with --teacher"  # config.json records a missing teacher
     before = snapshot(run_dir)
     with pytest.raises(UserError, match=words):
         deploy(run_dir, target="cpu-x86", qat=True)
