@@ -221,6 +221,8 @@ def load_arrays(bundle_dir: str, name: str, keys: List[str]) -> Dict[str, np.nda
         raise BundleError("{}: cannot read ({})".format(name, str(err).splitlines()[0])) from None
     if any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
         raise BundleError("{}: holds no samples; rebuild the bundle with nayer-edge export".format(name))
+    if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in arrays.values()):
+        raise BundleError("{}: holds NaN or inf; rebuild the bundle with nayer-edge export".format(name))
     return arrays
 
 

@@ -152,7 +152,8 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
     model, spec = load_student(run_dir, trust_code=trust_code)
     shape = tuple(spec["input_shape"])
     path = export_onnx(model, out, input_shape=shape, mean=spec["mean"], std=spec["std"],
-                       fold_normalization=fold_normalization, batch=batch, opset=opset, classes=spec["classes"])
+                       fold_normalization=fold_normalization, batch=batch, opset=opset, classes=spec["classes"],
+                       provenance={"student_sha256": student_sha256(Path(run_dir))})
     generator = torch.Generator().manual_seed(0)
     # At most about 512 MB of parity images, however large the input (at least two images: a batch).
     parity_samples = max(2, min(parity_samples, 2**27 // math.prod(shape)))
@@ -167,9 +168,18 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
             "bytes": Path(path).stat().st_size}
 
 
-def check_onnx_fits(path: Path, spec: dict[str, Any]) -> None:
+def student_sha256(run_dir: Path) -> str:
+    """sha256 of the run's student weights (student.pt, else student.ts): what an export was made from."""
+    import hashlib
+
+    weights = run_dir / "student.pt" if (run_dir / "student.pt").is_file() else run_dir / "student.ts"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def check_onnx_fits(path: Path, spec: dict[str, Any]) -> dict[str, str]:
     """UserError unless the ONNX model at ``path`` takes one N×C×H×W input and gives N×K logits for the student
-    of ``spec`` (a ``student.json``): a damaged or foreign ``student.onnx`` is found before it is quantized."""
+    of ``spec`` (a ``student.json``): a damaged or foreign ``student.onnx`` is found before it is quantized.
+    Returns its metadata."""
     import onnx
 
     try:
@@ -192,3 +202,4 @@ def check_onnx_fits(path: Path, spec: dict[str, Any]) -> None:
         raise UserError(f"{path}: takes {got_in if got_in is not None else f'{len(inputs)} inputs'} and gives "
                         f"{got_out}, not N×{'×'.join(map(str, expected_in))} images to N×{classes} logits as "
                         "student.json says; remove it and run again (it is exported anew)")
+    return {p.key: p.value for p in model.metadata_props}

@@ -70,6 +70,7 @@ def export_onnx(
     opset: int = 17,
     classes: Sequence[str] | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    provenance: dict[str, str] | None = None,
 ) -> Path:
     """Export ``model`` (a classifier taking N×C×H×W) to ONNX, check it, and write it atomically.
 
@@ -78,6 +79,7 @@ def export_onnx(
     images in [0, 1] and computes ``(x - mean) / std`` itself; otherwise it takes whatever ``model``
     takes (normalised input when ``mean``/``std`` are given, which are then recorded for the caller).
     Weights larger than ``external_data_threshold`` bytes are saved to ``<file>.data`` next to it.
+    ``provenance`` adds ``nayer_edge.*`` metadata strings (e.g. the sha256 of the weights it was made from).
 
     Metadata (``metadata_props``): ``nayer_edge.input`` (``images01`` or ``normalised``),
     ``nayer_edge.input_shape``, ``nayer_edge.mean``, ``nayer_edge.std``, ``nayer_edge.classes``
@@ -134,6 +136,7 @@ def export_onnx(
             "std": json.dumps(list(std_t) if std_t is not None else None),
             "classes": json.dumps(classes),
             "version": __version__,
+            **(provenance or {}),
         }
         existing = {p.key: p.value for p in proto.metadata_props}
         existing.update({META_PREFIX + k: v for k, v in props.items()})

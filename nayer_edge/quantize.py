@@ -39,7 +39,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from .export import check_onnx_fits, export, read_student_spec, require_code_trust
+    from .export import check_onnx_fits, export, read_student_spec, require_code_trust, student_sha256
     from .memory import SampleMemory
 
     run_dir = Path(run_dir)
@@ -81,9 +81,10 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     if not len(images):
         raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
     fp32_path = run_dir / "student.onnx"
-    if fp32_path.is_file():
-        check_onnx_fits(fp32_path, spec)
-    else:
+    # An export of an earlier student (the run was resumed or redone since) is made again from this one.
+    made_from = check_onnx_fits(fp32_path, spec).get("nayer_edge.student_sha256") if fp32_path.is_file() else None
+    if not fp32_path.is_file() or made_from not in (None, student_sha256(run_dir)):
+        require_code_trust(run_dir, spec, trust_code)
         export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
     generator = torch.Generator().manual_seed(0)
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]

@@ -420,12 +420,14 @@ def test_a_resealed_manifest_with_unusable_fields_is_refused(models, tmp_path, e
     assert "rebuild the bundle" in str(caught.value)
 
 
-def test_an_empty_reference_is_refused(models, tmp_path):
+@pytest.mark.parametrize("samples, words", [(0, "holds no samples"), (3, "holds NaN or inf")])
+def test_an_empty_or_nan_reference_is_refused(models, tmp_path, samples, words):
     info = _bundle(models, tmp_path / "bundle")
     folder = Path(info["bundle_dir"])
-    np.savez(folder / "reference.npz", inputs=np.zeros((0, 1, 16, 16), np.float32), logits=np.zeros((0, 10), np.float32))
+    np.savez(folder / "reference.npz", inputs=np.zeros((samples, 1, 16, 16), np.float32),
+             logits=np.full((samples, 10), np.nan, np.float32))
     _reseal_manifest(folder, lambda m: m["files"].update({"reference.npz": _sha256(folder / "reference.npz")}))
-    with pytest.raises(UserError, match="reference.npz: holds no samples"):
+    with pytest.raises(UserError, match=f"reference.npz: {words}"):
         verify_bundle(folder)
 
 

@@ -221,3 +221,27 @@ def test_deploy_checks_what_it_needs_before_writing(run_dir, missing):
     with pytest.raises(UserError, match=words):
         deploy(run_dir, target="cpu-x86", qat=True)
     assert snapshot(run_dir) == before
+
+
+def test_quantize_exports_again_when_student_onnx_is_of_an_earlier_student(run_dir):
+    """student.onnx records the sha256 of the weights it was made from: after a resumed or repeated distill
+    changed student.pt, quantize does not calibrate the old student's ONNX."""
+    import onnx
+
+    from nayer_edge.export import export, student_sha256
+    from nayer_edge.quantize import quantize
+    from nayer_edge.zoo import create_model
+
+    export(run_dir, run_dir / "student.onnx")
+    made_from = lambda: {p.key: p.value for p in onnx.load(str(run_dir / "student.onnx")).metadata_props}[  # noqa: E731
+        "nayer_edge.student_sha256"]
+    assert made_from() == student_sha256(run_dir)
+    first = (run_dir / "student.onnx").read_bytes()
+    quantize(run_dir)
+    assert (run_dir / "student.onnx").read_bytes() == first  # the same student: reused as it is
+
+    torch.manual_seed(1)
+    torch.save(create_model("cnn_tiny", num_classes=3, in_channels=1, input_size=8).state_dict(),
+               run_dir / "student.pt")
+    quantize(run_dir)
+    assert made_from() == student_sha256(run_dir) and (run_dir / "student.onnx").read_bytes() != first
