@@ -11,6 +11,7 @@ from .strict import from_dict, load_yaml, to_dict
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # Most CPU threads a run may ask for: far above any machine, far below what torch.set_num_threads overflows on.
 MAX_THREADS = 1024
+MAX_QAT_EPOCHS = 1000
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class DistillConfig:
             raise UserError("config: temperature, lr and lr_g must be positive")
         if self.qat_epochs <= 0 or self.qat_lr <= 0 or self.qat_batch <= 0:
             raise UserError("config: qat_epochs, qat_lr and qat_batch must be positive")
+        if self.qat_epochs > MAX_QAT_EPOCHS:
+            raise UserError(f"config: qat_epochs must be at most {MAX_QAT_EPOCHS} (passes over the synthetic samples; "
+                            f"the default is 2), got {self.qat_epochs:g}")
         if not 0.0 <= self.qat_fp32_anchor <= 1.0:
             raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
         if self.time_budget is not None and self.time_budget <= 0:
