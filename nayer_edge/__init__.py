@@ -4,4 +4,4 @@ Importing the package is cheap: heavy optional dependencies (transformers, onnxr
 are imported only inside the functions that need them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

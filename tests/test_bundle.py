@@ -435,3 +435,24 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# The device scripts as each release ships them. verify refuses a bundle whose scripts differ from this
+# version's although the manifest names this version (an edit, re-sealed), so the scripts may only change
+# with the version: bump __version__ and pyproject's version, and record the new digest here.
+DEVICE_SCRIPTS_DIGEST = {"0.2.0": "60daafcc5f50805bc47cdb763970be65f6d9258af2647d48c319da96682c9faa"}
+
+
+def test_the_device_scripts_change_only_with_the_version():
+    import hashlib
+
+    import nayer_edge
+    from nayer_edge.bundle import DEVICE_SCRIPTS, device_scripts_dir
+
+    digest = hashlib.sha256()
+    for name in sorted(DEVICE_SCRIPTS):
+        digest.update(name.encode())
+        digest.update((device_scripts_dir() / name).read_bytes())
+    assert DEVICE_SCRIPTS_DIGEST.get(nayer_edge.__version__) == digest.hexdigest(), (
+        f"export/*.py changed without a new version (now {nayer_edge.__version__}): bundles made by this version "
+        f"before the change would be refused as edited; bump the version and record {digest.hexdigest()}")
