@@ -264,6 +264,14 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     return metrics
 
 
+def _recorded_teacher_sha256(out_dir: Path) -> str | None:
+    try:
+        sha = json.loads((out_dir / "config.json").read_text())["teacher"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sha if isinstance(sha, str) else None
+
+
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
     detail = str(err).splitlines()[0][:200] if str(err) else ""
     return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
@@ -283,7 +291,9 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config)) if resume else None
     if resume and checkpoint is None and dist.is_main:
         warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=2)
-    saved_teacher = checkpoint.get("teacher_sha256") if checkpoint is not None else None
+    saved_teacher = None
+    if checkpoint is not None:  # checkpoints of earlier versions lack it: the finished run's config.json has it
+        saved_teacher = checkpoint.get("teacher_sha256") or _recorded_teacher_sha256(out_dir)
     if saved_teacher is not None and saved_teacher != loaded.sha256:
         raise UserError(f"--resume: the run in {out_dir} was distilled from another teacher (sha256 {saved_teacher[:12]}…, "
                         f"this one {loaded.sha256[:12]}…); resume with the same teacher or use another --out")
