@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
 import json
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write, fsync_dir
+from .atomic import atomic_write, fsync_dir, sha256_file
 from .bundle_docs import deepstream_config, render_readme
 from .errors import MissingDependencyError, UserError
 from .interrupt import signals_deferred
@@ -420,17 +419,11 @@ def _teacher_sha256(teacher_path: str | os.PathLike[str] | None, run_dir: str | 
         p = Path(teacher_path)
         if not p.is_file():
             raise UserError(f"{p}: no such teacher file")
-        digest = hashlib.sha256()
-        with open(p, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(p)
     if run_dir is not None:
-        config = Path(run_dir) / "config.json"
-        try:
-            return json.loads(config.read_text())["teacher"]["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        from .export import recorded_teacher_sha256
+
+        return recorded_teacher_sha256(Path(run_dir))
     return None
 
 

@@ -264,14 +264,6 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     return metrics
 
 
-def _recorded_teacher_sha256(out_dir: Path) -> str | None:
-    try:
-        sha = json.loads((out_dir / "config.json").read_text())["teacher"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return sha if isinstance(sha, str) else None
-
-
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
     detail = str(err).splitlines()[0][:200] if str(err) else ""
     return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
@@ -293,7 +285,9 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
         warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=2)
     saved_teacher = None
     if checkpoint is not None:  # checkpoints of earlier versions lack it: the finished run's config.json has it
-        saved_teacher = checkpoint.get("teacher_sha256") or _recorded_teacher_sha256(out_dir)
+        from .export import recorded_teacher_sha256
+
+        saved_teacher = checkpoint.get("teacher_sha256") or recorded_teacher_sha256(out_dir)
     if saved_teacher is not None and saved_teacher != loaded.sha256:
         raise UserError(f"--resume: the run in {out_dir} was distilled from another teacher (sha256 {saved_teacher[:12]}…, "
                         f"this one {loaded.sha256[:12]}…); resume with the same teacher or use another --out")
@@ -363,11 +357,9 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     if checkpoint is not None and has_memories(checkpoint):
-        try:
-            distiller.load_state_dict(checkpoint, restore_memory(checkpoint["memory_ring"], into=distiller.memory),
-                                      restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-            raise _checkpoint_does_not_fit(out_dir, err) from None
+        def memories() -> tuple[Any, Any]:
+            return (restore_memory(checkpoint["memory_ring"], into=distiller.memory),
+                    restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
     elif checkpoint is not None:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
@@ -378,10 +370,13 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         sources: list[Any] = [out_dir / MEMORY, out_dir / HOLDOUT]
         if dist.enabled:
             sources = read_bytes_on_main(dist, sources)
-        memory = SampleMemory.load(sources[0], config.memory_capacity)
-        holdout = SampleMemory.load(sources[1])
+        loaded_memories = (SampleMemory.load(sources[0], config.memory_capacity), SampleMemory.load(sources[1]))
+
+        def memories() -> tuple[Any, Any]:
+            return loaded_memories
+    if checkpoint is not None:
         try:
-            distiller.load_state_dict(checkpoint, memory, holdout)
+            distiller.load_state_dict(checkpoint, *memories())
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
             raise _checkpoint_does_not_fit(out_dir, err) from None
     if dist.is_main:

@@ -23,14 +23,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from nayer_edge.atomic import fsync_dir
+from nayer_edge.atomic import atomic_torch_save
 from nayer_edge.errors import MissingDependencyError, UserError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -116,20 +115,8 @@ def _load_cached(path: Path, num_classes: int) -> Tensor | None:
 
 def _save_cached(path: Path, emb: Tensor) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(emb, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
+        atomic_torch_save(path, emb)
+    except (OSError, UserError) as exc:  # a cache that cannot be written costs a recomputation, not the run
         warnings.warn(f"could not write the label-embedding cache {path}: {exc}", stacklevel=3)
 
 

@@ -170,10 +170,18 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
 
 def student_sha256(run_dir: Path) -> str:
     """sha256 of the run's student weights (student.pt, else student.ts): what an export was made from."""
-    import hashlib
+    from .atomic import sha256_file
 
-    weights = run_dir / "student.pt" if (run_dir / "student.pt").is_file() else run_dir / "student.ts"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    return sha256_file(run_dir / "student.pt" if (run_dir / "student.pt").is_file() else run_dir / "student.ts")
+
+
+def recorded_teacher_sha256(run_dir: Path) -> str | None:
+    """The sha256 of the teacher a finished run's ``config.json`` records, or None (no readable record)."""
+    try:
+        sha = json.loads((run_dir / "config.json").read_text())["teacher"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sha if isinstance(sha, str) else None
 
 
 def check_onnx_fits(path: Path, spec: dict[str, Any]) -> dict[str, str]:

@@ -62,11 +62,11 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         from .evaldata import load_eval_data
 
         eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
-    if qat:
-        _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
     teacher_model = None
     if qat:
         from .teacher import LoadedTeacher
+
+        _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
 
         teacher_model = (teacher if isinstance(teacher, LoadedTeacher)
                          else load_run_teacher(run_dir, teacher, teacher_options))
@@ -84,7 +84,6 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     # An export of an earlier student (the run was resumed or redone since) is made again from this one.
     made_from = check_onnx_fits(fp32_path, spec).get("nayer_edge.student_sha256") if fp32_path.is_file() else None
     if not fp32_path.is_file() or made_from not in (None, student_sha256(run_dir)):
-        require_code_trust(run_dir, spec, trust_code)
         export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
     generator = torch.Generator().manual_seed(0)
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import sha256_file
 from .errors import UserError
 from .strict import closest_name
 
@@ -305,14 +305,6 @@ def _channels_values(name: str, values: Sequence[float], channels: int) -> tuple
 
 
 # --------------------------------------------------------------------------------------- loading
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _error_line(err: BaseException) -> str:
@@ -665,7 +657,7 @@ def load_teacher(
     for param in model.parameters():
         param.requires_grad_(False)
 
-    teacher = LoadedTeacher(model=model, format=fmt, path=p, sha256=_sha256(p), spec=spec, num_classes=0, notes=notes)
+    teacher = LoadedTeacher(model=model, format=fmt, path=p, sha256=sha256_file(p), spec=spec, num_classes=0, notes=notes)
     try:
         with torch.no_grad():
             out = teacher(torch.zeros(2, *shape, device=device))
