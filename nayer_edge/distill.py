@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_torch_save, atomic_write_text, remove_temporaries
+from .atomic import atomic_torch_save, atomic_write_text, prepare_output_dir, remove_temporaries
 from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_memories, read_checkpoint, restore_memory,
                          write_checkpoint)
 from .config import DistillConfig
@@ -30,50 +30,6 @@ from .normalize import NormalizedModel
 TORCHRUN_REPEAT_WINDOW = 2.0
 # Under torchrun, the stop request is all-reduced at every this-many-th safe point (see stop_now).
 STOP_POLL_EVERY = 8
-
-
-def prepare_output_dir(out_dir: Path) -> None:
-    """Fail early, before any work, if the output folder cannot be written.
-
-    Permission bits do not say (root passes ``os.access`` on a read-only filesystem), so the folder is made and
-    a probe file written and removed in it; whatever the probe made is removed again, so the folder is only
-    really created when the run starts writing."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output folder {out_dir} is a file; pass --out with a folder path")
-    parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise UserError(f"output folder {out_dir} cannot be made: {parent} is a file, not a folder; "
-                        "pass --out with a folder path")
-    made: list[Path] = []  # the folders the probe creates, outermost first
-    try:
-        for folder in [*reversed(out_dir.parents), out_dir]:
-            if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
-        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".nayer-edge-probe.", suffix=".tmp")
-        try:
-            os.write(fd, b"probe")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UserError(f"output folder {out_dir} is not writable ({reason}); pass --out with a folder you can "
-                        "write to") from None
-    finally:
-        for folder in reversed(made):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-
-
-def prepare_output_file(path: Path) -> None:
-    """Fail early, before any work, if the file ``path`` (an ``--out``) cannot be written: a folder there, a
-    file where its folder should be, or a folder that cannot be made or written."""
-    if path.is_dir():
-        raise UserError(f"--out {path} is a folder; pass --out with a file path (or leave it out)")
-    prepare_output_dir(path.parent)
 
 
 def _make_folders(out_dir: Path) -> list[Path]:

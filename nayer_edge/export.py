@@ -144,7 +144,7 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
 
         export("runs/demo", "runs/demo/student.onnx")
     """
-    from .distill import prepare_output_file
+    from .atomic import prepare_output_file
     from .normalize import NormalizedModel
     from .onnx_export import check_parity, export_onnx
 

@@ -45,7 +45,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
     if out is not None:
-        from .distill import prepare_output_file
+        from .atomic import prepare_output_file
 
         prepare_output_file(Path(out))
     if qat or not (run_dir / "student.onnx").is_file():  # both rebuild the student from student.json
