@@ -33,8 +33,21 @@ def write_checkpoint(path: Path, state: dict[str, Any], config: DistillConfig, m
                              "holdout_ring": memory_state(holdout)})
 
 
-def read_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | None:
-    """The checkpoint in ``out_dir`` (None if there is none), refused when it was made with other settings."""
+def planned_config(checkpoint: dict[str, Any], config: DistillConfig, user_set: set[str] | None) -> DistillConfig:
+    """``config`` with the schedule the checkpoint's run planned (a resumed run keeps its plan; it is not made
+    again): every planned setting the user did not set in this command."""
+    from .strict import replace
+
+    plan = checkpoint.get("plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("values"), dict):
+        return config
+    values = {k: v for k, v in plan["values"].items() if user_set is None or k not in user_set}
+    return replace(config, **values) if values else config
+
+
+def read_checkpoint(out_dir: Path, config: DistillConfig, user_set: set[str] | None = None) -> dict[str, Any] | None:
+    """The checkpoint in ``out_dir`` (None if there is none), refused when it was made with other settings (the
+    settings its run planned count as its own: see :func:`planned_config`)."""
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
@@ -46,7 +59,14 @@ def read_checkpoint(out_dir: Path, config: DistillConfig) -> dict[str, Any] | No
         raise UserError(f"{path}: not a nayer-edge checkpoint (no run state and settings in it); remove it or run "
                         "without --resume")
     saved = checkpoint["config"]
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    try:
+        config = planned_config(checkpoint, config, user_set)
+    except UserError:
+        raise UserError(f"{path}: its schedule plan is damaged; remove it or run without --resume") from None
+    # A setting newer than the checkpoint was its default then.
+    defaults = DistillConfig().to_dict()
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
     if changed:
         raise UserError(f"--resume: the run in {path.parent} used different settings ({', '.join(changed)}); "
                         "use the same options or another --out")

@@ -39,6 +39,11 @@ class EmbeddingKind(str, Enum):
     onehot = "onehot"
 
 
+class ScheduleKind(str, Enum):
+    auto = "auto"
+    fixed = "fixed"
+
+
 class AmpKind(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -95,7 +100,8 @@ StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Zoo name o
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="Recipe name from recipes/ or a YAML file.")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz (x, y) or image folder root/<class>/*.png; reported, never used for selection.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs")]
-BudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole run, warm-up included.")]
+BudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole command (setup, measuring, training, artefacts); the schedule is planned to fit.")]
+ScheduleOpt = Annotated[Optional[ScheduleKind], typer.Option("--schedule", help="auto: plan the settings you leave unset for this device, the models and the budget; fixed: use the recipe and defaults as they are (the paper's GPU values) [default: auto].")]
 GeneratorOpt = Annotated[Optional[GeneratorKind], typer.Option("--generator", help="nayer (label-text embeddings) or noise (z ~ N(0, I) baseline).")]
 EmbeddingOpt = Annotated[Optional[EmbeddingKind], typer.Option("--embedding", help="text (LTE) or onehot (ablation).")]
 EncoderOpt = Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")]
@@ -113,19 +119,26 @@ CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", he
 # Command-line options that override a DistillConfig field of the same name.
 CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", "text_encoder", "prompt_template",
                   "allow_download", "synthesis_batch", "kd_batch", "kd_steps", "g_steps", "memory_capacity",
-                  "device", "seed", "amp", "channels_last", "compile")
+                  "device", "seed", "amp", "channels_last", "compile", "schedule")
 
 
-def _config(recipe: str | None, options: dict[str, Any]) -> Any:
-    """The run's config: defaults ← recipe ← the command's options (those in CONFIG_OPTIONS)."""
-    from .config import load_config
+def _config(recipe: str | None, options: dict[str, Any]) -> tuple[Any, set[str]]:
+    """The run's config, defaults ← recipe ← the command's options (those in CONFIG_OPTIONS), and the settings the
+    recipe and options chose (the planner keeps them)."""
+    from .config import chosen_keys, load_config
 
-    overrides = {key: options[key] for key in CONFIG_OPTIONS}
-    for key in ("generator", "embedding", "device", "amp"):
+    overrides = {key: options[key] for key in CONFIG_OPTIONS if key in options}
+    for key in ("generator", "embedding", "device", "amp", "schedule"):
         if overrides.get(key) is not None:
             overrides[key] = overrides[key].value
     overrides["allow_download"] = overrides.get("allow_download") or None
-    return load_config(recipe, overrides)
+    return load_config(recipe, overrides), chosen_keys(recipe, overrides)
+
+
+def _clock_start() -> float:
+    from . import IMPORTED_AT
+
+    return IMPORTED_AT
 
 
 @app.command()
@@ -141,13 +154,15 @@ def distill(
     memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
     device: DeviceOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
     amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
+    schedule: ScheduleOpt = None,
 ) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from .distill import distill as run_distill
 
-    config = _config(recipe, locals())
+    config, chosen = _config(recipe, locals())
     metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
-                          show_progress=not as_json or sys.stderr.isatty(),
+                          show_progress=not as_json or sys.stderr.isatty(), user_set=chosen,
+                          clock_start=_clock_start(),
                           **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
     _print_result(metrics, as_json, "distillation")
 
@@ -177,13 +192,14 @@ def compress(
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
-    resume: ResumeOpt = False, as_json: JsonOpt = False,
+    resume: ResumeOpt = False, as_json: JsonOpt = False, schedule: ScheduleOpt = None,
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from .compress import compress as run_compress
 
-    config = _config(recipe, locals())
+    config, chosen = _config(recipe, locals())
     metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
+                           user_set=chosen, clock_start=_clock_start(),
                            precision=precision.value if precision else None, qat=qat,
                            max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, resume=resume,
                            show_progress=not as_json or sys.stderr.isatty(),
@@ -213,6 +229,37 @@ def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     else:
         _summary(metrics, title)
+
+
+@app.command()
+def plan(
+    teacher: TeacherArg, student: StudentOpt = None, recipe: RecipeOpt = None,
+    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False,
+    time_budget: BudgetOpt = None, generator: GeneratorOpt = None, embedding: EmbeddingOpt = None,
+    text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None, allow_download: DownloadOpt = False,
+    synthesis_batch: IntOpt("--synthesis-batch") = None, kd_batch: IntOpt("--kd-batch") = None,
+    kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
+    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None, epochs: EpochsOpt = None,
+    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Held-out images the run would evaluate on each epoch.")] = 0,
+    device: DeviceOpt = None, seed: SeedOpt = None, amp: AmpOpt = None, channels_last: ChannelsLastOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the step costs here and print the schedule distill would run, without training."""
+    from .distill import plan as run_plan
+
+    config, chosen = _config(recipe, {**locals(), "compile": None, "schedule": None})
+    result = run_plan(teacher, config=config, user_set=chosen, eval_samples=eval_samples,
+                      **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    from .planner import plan_table
+
+    console.print(plan_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]plan:[/] {note}")
 
 
 @app.command()

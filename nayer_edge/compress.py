@@ -21,7 +21,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
              show_progress: bool = True, cache_dir: Path | None = None, resume: bool = False,
-             **teacher_options: Any) -> dict[str, Any]:
+             user_set: Any = None, clock_start: float | None = None, **teacher_options: Any) -> dict[str, Any]:
     """Run every stage; returns the metrics, with ``passed`` false when a gate failed. ``resume``: continue
     the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.distill`).
 
@@ -39,13 +39,20 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                         "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
+    import time
+
+    started = time.perf_counter() if clock_start is None else clock_start
+    # With a time budget, the deployment's share is kept back from the distillation (see deployment_seconds).
+    reserve = deployment_seconds(plan, config) if config.time_budget is not None else 0.0
     metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
-                      cache_dir=cache_dir, resume=resume, **teacher_options)
+                      cache_dir=cache_dir, resume=resume, user_set=user_set, clock_start=started,
+                      reserve_after=reserve, **teacher_options)
     # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
     with names_checkpoint(Path(out_dir) / CHECKPOINT):
         # The student factory in student.json is the one named in this call's config: trusted.
         return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
-                       eval_data=eval_data, show_progress=show_progress, trust_code=True)
+                       eval_data=eval_data, show_progress=show_progress, trust_code=True,
+                       qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
 
 
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
@@ -73,6 +80,22 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
         raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
     return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
                    show_progress=show_progress, trust_code=trust_code)
+
+
+# What the deployment stages cost on a CPU of the development machine (BENCHMARKS.md, the planner section):
+# ONNX export with its parity check, verification with latency of each model, the report; INT8 adds calibration,
+# and QAT its fine-tuning (capped to QAT_SECONDS_SHARE of the budget, see quantize).
+DEPLOY_FIXED_SECONDS = {"fp32": 8.0, "fp16": 10.0, "int8": 16.0}
+QAT_SECONDS_SHARE = 0.06
+BUNDLE_SECONDS = 6.0
+
+
+def deployment_seconds(plan: "DeploymentPlan", config: DistillConfig) -> float:
+    """Seconds a budgeted compress keeps back for everything after distillation."""
+    seconds = DEPLOY_FIXED_SECONDS.get(plan.precision, 16.0) + (BUNDLE_SECONDS if plan.on_device else 0.0)
+    if plan.precision == "int8" and plan.qat and config.time_budget:
+        seconds += QAT_SECONDS_SHARE * config.time_budget
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,7 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
 
 def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
             teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool,
-            trust_code: bool) -> dict[str, Any]:
+            trust_code: bool, qat_seconds: float | None = None) -> dict[str, Any]:
     from .export import export
     from .verify import verify
 
@@ -139,7 +162,8 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
 
         int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
                         teacher=qat_teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
-                        opset=spec.opset, show_progress=show_progress, trust_code=trust_code)
+                        opset=spec.opset, show_progress=show_progress, trust_code=trust_code,
+                        qat_seconds=qat_seconds)
         deployed = int8["int8_onnx"]
     elif precision == "fp16":
         from .fp16 import to_fp16

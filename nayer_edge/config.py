@@ -66,7 +66,11 @@ class DistillConfig:
     qat_batch: int = 256
     qat_fp32_anchor: float = 1.0  # share of the QAT KD target from the FP32 student's logits (rest: teacher)
 
-    time_budget: float | None = None
+    time_budget: float | None = None  # seconds for the whole command (distill: loop, evaluation and artefacts)
+    # auto: settings left unset are planned for the device, the models and the budget (nayer_edge.planner);
+    # fixed: every setting is used as it is (the paper's GPU values where unset).
+    schedule: Literal["auto", "fixed"] = "auto"
+    synthesis_share: float = 0.5  # planned schedules: share of a normal epoch's time spent synthesising (rest: KD)
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -123,6 +127,8 @@ class DistillConfig:
                             f"the default is 2), got {self.qat_epochs:g}")
         if not 0.0 <= self.qat_fp32_anchor <= 1.0:
             raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
+        if not 0.05 <= self.synthesis_share <= 0.95:
+            raise UserError(f"config: synthesis_share must be within [0.05, 0.95], got {self.synthesis_share}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"config: time_budget must be positive seconds, got {self.time_budget}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -134,6 +140,15 @@ class DistillConfig:
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def chosen_keys(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The settings a recipe and overrides choose (what the schedule planner keeps as it is)."""
+    keys = {k for k, v in (overrides or {}).items() if v is not None}
+    if recipe is not None:
+        path = Path(recipe)
+        keys |= set(load_yaml(path if path.suffix else RECIPES_DIR / f"{recipe}.yaml"))
+    return keys
 
 
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:

@@ -13,14 +13,14 @@ import time
 import warnings
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
 
 from .atomic import atomic_torch_save, atomic_write_text, prepare_output_dir, remove_temporaries
-from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_memories, read_checkpoint, restore_memory,
-                         write_checkpoint)
+from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_memories, planned_config, read_checkpoint,
+                         restore_memory, write_checkpoint)
 from .config import DistillConfig
 from .errors import UserError
 from .interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
@@ -30,6 +30,9 @@ from .normalize import NormalizedModel
 TORCHRUN_REPEAT_WINDOW = 2.0
 # Under torchrun, the stop request is all-reduced at every this-many-th safe point (see stop_now).
 STOP_POLL_EVERY = 8
+# What a budgeted run keeps back for its end (final evaluation, sample memories, TorchScript, plots, JSON), besides
+# the time to write its memories (see _final_reserve).
+FINAL_FIXED_SECONDS = 3.0
 
 
 def _make_folders(out_dir: Path) -> list[Path]:
@@ -142,8 +145,15 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
             input_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
             std: tuple[float, ...] | None = None, trust_pickle: bool = False,
             eval_data: str | Path | None = None, resume: bool = False, show_progress: bool = True,
-            cache_dir: Path | None = None) -> dict[str, Any]:
+            cache_dir: Path | None = None, user_set: Collection[str] | None = None, clock_start: float | None = None,
+            reserve_after: float = 0.0) -> dict[str, Any]:
     """Distil ``teacher`` into ``config.student`` without training data; returns the metrics.
+
+    With ``config.schedule == "auto"`` (the default) the schedule settings not in ``user_set`` (the settings the
+    caller chose; ``None``: those that differ from the defaults) are planned for this device, these models and
+    ``config.time_budget`` (:mod:`nayer_edge.planner`). The budget bounds the whole call, counted from
+    ``clock_start`` (a ``time.perf_counter()`` value; default: the call), less ``reserve_after`` seconds the caller
+    needs after it returns.
 
     Everything is validated before the output folder is touched. Example::
 
@@ -166,9 +176,12 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     from .teacher import load_teacher
     from .zoo import build_student
 
+    from .planner import user_set_keys
+
     config = config or DistillConfig()
     out_dir = Path(out_dir)
-    started = time.perf_counter()
+    started = time.perf_counter() if clock_start is None else clock_start
+    keys = user_set_keys(config, user_set)
 
     # 1. Validate every input before writing anything, and before joining the other processes: every rank
     # checks the same inputs, except the output folder and the evaluation data, which only rank 0 uses.
@@ -202,7 +215,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
             metrics = _distill_run(
                 dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
                 eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
-                started=started, stop=stop)
+                started=started, stop=stop, user_set=keys, reserve_after=reserve_after)
             signalled = dist.all_max(stop.signum)
         if signalled:
             # A signal while the artefacts were written: they are whole, but what was asked for was a stop.
@@ -220,6 +233,42 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     return metrics
 
 
+def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: Collection[str] | None = None,
+         arch: str | None = None, classes: list[str] | None = None, input_shape: tuple[int, int, int] | None = None,
+         mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, trust_pickle: bool = False,
+         eval_samples: int = 0, cache_dir: Path | None = None) -> Any:
+    """The schedule :func:`distill` would plan for ``teacher`` on this device (measured here), without training::
+
+        print(plan("teacher.pt", config=load_config(None, {"time_budget": 600})).to_dict()["values"])
+    """
+    from .distributed import SINGLE
+    from .engine import resolve_device
+    from .planner import SCHEDULE_KEYS, Plan, needs_plan, user_set_keys
+    from .teacher import load_teacher
+    from .zoo import build_student
+
+    started = time.perf_counter()
+    config = config or DistillConfig()
+    keys = user_set_keys(config, user_set)
+    device = resolve_device(config.device)
+    loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
+                          trust_pickle=trust_pickle)
+    spec = loaded.spec
+    class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
+    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=spec.input_shape[0],
+                            input_size=spec.input_shape[1])
+    _check_student(student, spec.input_shape, loaded.num_classes, config.student)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if not needs_plan(config, keys):
+        return Plan({}, {k: getattr(config, k) for k in SCHEDULE_KEYS if k in keys}, None, None, config.time_budget,
+                    0.0, 0.0, 0.0, 0.0, 0.0, 0, ("every schedule setting is set: nothing to plan",))
+    embeddings = label_embeddings(config, class_names, cache_dir)
+    return _make_plan(config, keys, GuardedTeacher(loaded.model, spec.mean, spec.std),
+                      NormalizedModel(student, spec.mean, spec.std), embeddings, loaded, device, SINGLE, started, 0.0,
+                      eval_samples)
+
+
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
     detail = str(err).splitlines()[0][:200] if str(err) else ""
     return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
@@ -228,15 +277,21 @@ def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
 
 def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
                  class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
-                 show_progress: bool, arch: str | None, started: float, stop: StopRequest) -> dict[str, Any]:
+                 show_progress: bool, arch: str | None, started: float, stop: StopRequest, user_set: set[str],
+                 reserve_after: float) -> dict[str, Any]:
     from .distributed import quiet_other_ranks, rank_seed
+    from .planner import Plan, needs_plan
     from .zoo import build_student
 
     quiet_other_ranks(dist)
     spec = loaded.spec
     channels, height, width = spec.input_shape
     # Rank 0 reads the checkpoint and hands it (or its error) to every rank.
-    checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config)) if resume else None
+    checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config, user_set)) if resume else None
+    plan: Plan | None = None
+    if checkpoint is not None and isinstance(checkpoint.get("plan"), dict):
+        config = planned_config(checkpoint, config, user_set)  # the run's own plan, not a new one
+        plan = Plan.from_dict(checkpoint["plan"])
     if resume and checkpoint is None and dist.is_main:
         warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=2)
     saved_teacher = None
@@ -260,6 +315,14 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
+    if plan is None and checkpoint is None and needs_plan(config, user_set):
+        # Made once, on rank 0, and shared: every rank runs the same schedule.
+        plan = Plan.from_dict(dist.on_main(lambda: _make_plan(
+            config, user_set, teacher_module, student_module, embeddings, loaded, device, dist, started,
+            reserve_after, int(len(eval_set[1])) if eval_set is not None else 0).to_dict()))
+        config = plan.apply(config)
+        if show_progress and dist.is_main:
+            _print_plan(plan)
     if dist.enabled:
         # The same student on every rank; from here on each rank draws its own generators and noisy layers.
         _seed_everything(rank_seed(config.seed, dist.rank))
@@ -278,7 +341,8 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
             dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
             eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
             started=started, stop=stop, checkpoint=checkpoint, teacher_module=teacher_module, student=student,
-            student_module=student_module, memory_path=memory_path, written=written)
+            student_module=student_module, memory_path=memory_path, written=written, plan=plan,
+            reserve_after=reserve_after)
     except BaseException:
         if dist.is_main and not written:
             _undo_output(out_dir, made, memory_path)
@@ -289,7 +353,7 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
                    class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
                    show_progress: bool, arch: str | None, started: float, stop: StopRequest, checkpoint: Any,
                    teacher_module: Any, student: torch.nn.Module, student_module: Any, memory_path: Path,
-                   written: list[Path]) -> dict[str, Any]:
+                   written: list[Path], plan: Any, reserve_after: float) -> dict[str, Any]:
     from .distributed import read_bytes_on_main
     from .engine import Distiller
     from .evaluate import accuracy
@@ -343,15 +407,16 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
     resolved = {"config": config.to_dict(), "teacher": {"path": str(Path(loaded.path).resolve()), "format": loaded.format,
                 "sha256": loaded.sha256, "input_shape": list(spec.input_shape), "mean": list(spec.mean),
                 "std": list(spec.std), "classes": class_names, "arch": arch},
-                "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__}}
+                "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__},
+                "plan": plan.to_dict() if plan is not None else None}
 
     def save_checkpoint(d: Distiller) -> None:
         state = d.state_dict()  # on every rank: distributed, it gathers each rank's own state
         # Only rank 0 writes. The other ranks do not wait for it here: they go on synthesising the next
         # round and meet rank 0 at its all-gather (within the process group's timeout).
         if dist.is_main:
-            write_checkpoint(out_dir / CHECKPOINT, {**state, "teacher_sha256": loaded.sha256}, config, d.memory,
-                             d.holdout)
+            write_checkpoint(out_dir / CHECKPOINT, {**state, "teacher_sha256": loaded.sha256,
+                                                    "plan": resolved["plan"]}, config, d.memory, d.holdout)
             if not written and not resume:
                 # This run's first checkpoint has replaced an earlier run's: that run's samples go with it.
                 for stale in (MEMORY, HOLDOUT):
@@ -369,7 +434,14 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         stop.agreed = dist.all_max(stop.signum)
         return bool(stop.agreed)
 
-    # 3. Run.
+    # 3. Run, within what the budget leaves after the work so far and before the work after the loop.
+    if config.time_budget is not None:
+        left = config.time_budget - (time.perf_counter() - started) - reserve_after - _final_reserve(config, plan)
+        if left <= 0 and distiller.state.epoch == 0 and not distiller.state.kd_step:
+            raise UserError(f"the time budget ({config.time_budget:g} s) is spent before the first synthesis round "
+                            f"({time.perf_counter() - started:.0f} s of setup, {reserve_after:.0f} s kept for what "
+                            f"follows); use a larger --time-budget")
+        distiller.loop_budget = distiller.state.elapsed + left
     if show_progress and dist.is_main:
         from .progress import RichProgress
 
@@ -403,6 +475,7 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
                      f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
     student_params = sum(p.numel() for p in student.parameters())
     metrics: dict[str, Any] = {
+        "plan": resolved["plan"],
         "teacher_accuracy": teacher_accuracy,
         "student_accuracy": accuracy(student_module, *eval_set, device=device) if eval_set is not None else None,
         "agreement": distiller.holdout_agreement(),
@@ -452,6 +525,59 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     (out_dir / "samples.mmap.npy").unlink(missing_ok=True)
     return dist.broadcast_object(metrics)
+
+
+def _final_reserve(config: DistillConfig, plan: Any) -> float:
+    """Seconds a budgeted run keeps for its end: a fixed part, and writing the sample memories it will hold."""
+    samples = plan.expected_samples if plan is not None else config.memory_capacity
+    held = min(samples, config.memory_capacity)
+    sample_bytes = plan.costs.sample_bytes if plan is not None and plan.costs else 3 * 32 * 32
+    return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / 150e6
+
+
+def _make_plan(config: DistillConfig, user_set: set[str], teacher_module: Any, student_module: Any,
+               embeddings: torch.Tensor | None, loaded: Any, device: torch.device, dist: Any, started: float,
+               reserve_after: float, eval_samples: int) -> Any:
+    """Measure the step costs here and plan the schedule (see :mod:`nayer_edge.planner`). The arguments are the
+    run's own inputs, passed as they are; the models are copied before any step is taken."""
+    import copy
+
+    from .engine import Distiller
+    from .planner import measure_step_costs, plan_schedule, ram_bytes, smallest_budget
+
+    def make(trial: DistillConfig) -> Distiller:
+        return Distiller(teacher_module, copy.deepcopy(student_module), embeddings, trial, loaded.spec.input_shape,
+                         loaded.num_classes, device)
+
+    costs = measure_step_costs(make, config, num_classes=loaded.num_classes)
+
+    def attempt(final_reserve: float) -> Any:
+        loop_budget = None
+        if config.time_budget is not None:
+            outside = (time.perf_counter() - started) + reserve_after + final_reserve + costs.forward(eval_samples) * 0.5
+            loop_budget = config.time_budget - outside
+        return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes, loop_budget=loop_budget,
+                             eval_samples=eval_samples, world_size=dist.world_size, ram_bytes=ram_bytes())
+
+    try:
+        first = attempt(FINAL_FIXED_SECONDS)
+        return attempt(_final_reserve(first.apply(config), first))
+    except UserError as err:
+        outside = (time.perf_counter() - started) + reserve_after + FINAL_FIXED_SECONDS
+        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
+        raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
+                        f"use at least --time-budget {least:g}") from None
+
+
+def _print_plan(plan: Any) -> None:
+    from rich.console import Console
+
+    from .planner import plan_table
+
+    console = Console(stderr=True)
+    console.print(plan_table(plan))
+    for note in plan.notes:
+        console.print(f"[yellow]plan:[/] {note}")
 
 
 def _position(state: Any, config: DistillConfig) -> str:

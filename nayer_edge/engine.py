@@ -131,6 +131,9 @@ class Distiller:
         kd_epochs = config.epochs if config.kd_during_warmup else max(0, config.epochs - config.warmup_epochs)
         self.total_kd_steps = max(1, kd_epochs * config.kd_steps)
         self.generator: nn.Module | None = None
+        # Seconds the loop may run (state.elapsed counts against it): the time budget, or what the caller leaves
+        # of it after its own work before and after the loop (see nayer_edge.distill).
+        self.loop_budget: float | None = config.time_budget
         self.bn_state: dict[str, Any] | None = None
         self.state = RunState()
         # Steps whose loss was NaN/Inf (skipped, never applied) and generators rebuilt after a round in which
@@ -178,8 +181,9 @@ class Distiller:
         gen = gen.to(self.device).train()
         return to_channels_last(gen) if self.channels_last else gen
 
-    def synthesize(self, adversarial: bool) -> dict[str, float]:
-        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory.
+    def synthesize(self, adversarial: bool, out_of_time: Callable[[], bool] | None = None) -> dict[str, float]:
+        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory. ``out_of_time``
+        is asked after every step but the last: when it says so the round ends there, its best batch kept.
 
         Distributed, this rank optimises its share of the round and the kept batches of all ranks are
         gathered into every rank's memory; the losses returned are this rank's."""
@@ -195,7 +199,7 @@ class Distiller:
         for p in frozen:
             p.requires_grad_(False)
         try:
-            best_loss, best_images, best_parts = self._synthesis_steps(targets, optimizer, adversarial)
+            best_loss, best_images, best_parts = self._synthesis_steps(targets, optimizer, adversarial, out_of_time)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -213,7 +217,8 @@ class Distiller:
             self._store(best_images, targets)
         return {"loss_g": best_loss, **best_parts}
 
-    def _synthesis_steps(self, targets: torch.Tensor, optimizer: torch.optim.Optimizer, adversarial: bool
+    def _synthesis_steps(self, targets: torch.Tensor, optimizer: torch.optim.Optimizer, adversarial: bool,
+                         out_of_time: Callable[[], bool] | None = None
                          ) -> tuple[float, torch.Tensor | None, dict[str, float]]:
         """The round's g_steps. The lowest-loss batch and the count of non-finite steps are kept on the device
         and read once, at the end of the round: the host never waits for the GPU between steps."""
@@ -224,7 +229,9 @@ class Distiller:
         best_parts = torch.zeros(3, device=self.device)
         best_images: torch.Tensor | None = None
         skipped = torch.zeros((), dtype=torch.int64, device=self.device)
-        for _ in range(cfg.g_steps):
+        for step in range(cfg.g_steps):
+            if step and out_of_time is not None and out_of_time():
+                break
             with self.amp.autocast():
                 images = self.generator(targets)
                 augmented = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
@@ -267,8 +274,8 @@ class Distiller:
     def learning_rate(self) -> float:
         cfg = self.cfg
         progress = self.state.kd_step / self.total_kd_steps
-        if cfg.time_budget:
-            progress = max(progress, self.state.elapsed / cfg.time_budget)
+        if self.loop_budget:
+            progress = max(progress, self.state.elapsed / self.loop_budget)
         progress = min(1.0, progress)
         return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -354,13 +361,23 @@ class Distiller:
         state = self.state
         started = time.perf_counter() - state.elapsed
 
+        budget = self.loop_budget
+        epoch_end = 0.0  # what the last epoch's end (evaluation, checkpoint) took: the next one will cost as much
+
         def tick() -> bool:
+            nonlocal epoch_end
             elapsed = time.perf_counter() - started
-            if cfg.time_budget is not None:
+            if budget is not None and self.dist.enabled:
                 # Rank 0's clock decides for every rank, so all run the same rounds and steps.
                 elapsed = self.dist.broadcast_float(elapsed)
+                epoch_end = self.dist.broadcast_float(epoch_end)
             state.elapsed = elapsed
-            return cfg.time_budget is not None and state.elapsed >= cfg.time_budget
+            return budget is not None and state.elapsed + epoch_end >= budget
+
+        # Within a round only one process reads its clock (the ranks would have to agree at every step).
+        def round_out_of_time() -> bool:
+            return time.perf_counter() - started + epoch_end >= budget  # type: ignore[operator]
+        in_round = {"out_of_time": round_out_of_time} if budget is not None and not self.dist.enabled else {}
 
         def interrupted() -> bool:
             if stop is not None and stop():
@@ -382,7 +399,7 @@ class Distiller:
                 if tick():
                     state.stopped_by = "time_budget"
                     break
-                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm).items():
+                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm, **in_round).items():
                     losses.setdefault(k, []).append(v)
                 state.round = r + 1
                 if on_step:
@@ -405,6 +422,7 @@ class Distiller:
             state.epoch += 1
             state.round, state.step, state.losses = 0, 0, {}
             tick()
+            epoch_end_started = time.perf_counter()
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
                 losses={k: _epoch_mean(v) for k, v in losses.items()},
@@ -418,7 +436,9 @@ class Distiller:
                 checkpoint(self)
             if on_epoch:
                 on_epoch(report)
-            started = time.perf_counter() - state.elapsed  # evaluation/checkpoint time is not charged twice
+            epoch_end = time.perf_counter() - epoch_end_started
+            if budget is None:
+                started = time.perf_counter() - state.elapsed  # without a budget, elapsed is training time alone
         if state.stopped_by == "interrupted":
             tick()
             if checkpoint:

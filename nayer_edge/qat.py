@@ -173,7 +173,8 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
                  mean: list[float],
                  std: list[float], layout: Layout, epochs: float, lr: float, batch: int, temperature: float,
                  fp32_anchor: float = 1.0, calibration: int = 512, seed: int = 0,
-                 on_step: Callable[[int, int], None] | None = None) -> tuple[fx.GraphModule, QATReport]:
+                 on_step: Callable[[int, int], None] | None = None, max_seconds: float | None = None
+                 ) -> tuple[fx.GraphModule, QATReport]:
     """Fine-tune ``student`` (takes normalised input) through fake INT8 quantization on ``images01``.
     Returns the BN-folded FP32 module (quantizers off; same input convention as ``student``) and a report.
     SGD with momentum, cosine learning rate from ``lr`` to 0.
@@ -181,7 +182,10 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     The KD target blends the FP32 student's own logits (weight ``fp32_anchor``, default all of it) with the
     teacher's. QAT's job is to recover what quantization loses from the student that was validated, not to
     re-fit the synthetic samples: with the teacher as the target, the student moved on real data by as much as
-    it gained on synthetic data, and lost to PTQ (BENCHMARKS.md §5)."""
+    it gained on synthetic data, and lost to PTQ (BENCHMARKS.md §5).
+
+    ``max_seconds``: the steps are cut, once the first few have been timed, to fit that time (the cosine then runs
+    over the steps that fit)."""
     if len(images01) == 0:
         raise UserError("no synthetic samples to fine-tune on")
     if epochs <= 0 or lr <= 0 or batch < 1:
@@ -206,7 +210,14 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     gm.train()
     started = time.perf_counter()
     losses: list[float] = []
-    for step in range(steps):
+    timed_steps = 3
+    step = 0
+    while step < steps:
+        if max_seconds is not None and step == timed_steps:
+            fits = int(max_seconds / ((time.perf_counter() - started) / timed_steps))
+            if fits < steps:
+                steps = max(timed_steps + 1, fits)
+                schedule = _Cosine(optimizer, lr, steps, step)
         idx = torch.randint(0, len(normalised), (min(batch, len(normalised)),), generator=generator)
         out = gm(normalised[idx])
         loss = out.new_zeros(())
@@ -221,6 +232,7 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, steps)
+        step += 1
     gm.eval()
     set_quantization(gm, "off")
     window = max(1, min(10, steps // 5))
@@ -228,6 +240,18 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
                        initial_loss=sum(losses[:window]) / window, final_loss=sum(losses[-window:]) / window,
                        quantizers=sum(isinstance(m, ActivationQuantizer) for m in gm.modules()), layout=layout)
     return gm, report
+
+
+class _Cosine:
+    """The cosine from ``lr`` to 0 over ``steps``, continued from step ``done`` (after the step count was cut)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, steps: int, done: int):
+        self.optimizer, self.lr, self.steps, self.done = optimizer, lr, steps, done
+
+    def step(self) -> None:
+        self.done += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, self.done / self.steps)))
 
 
 @torch.no_grad()

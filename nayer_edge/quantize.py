@@ -28,7 +28,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
              teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
              calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
              batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
-             show_progress: bool = False, trust_code: bool = False) -> dict[str, Any]:
+             show_progress: bool = False, trust_code: bool = False, qat_seconds: float | None = None
+             ) -> dict[str, Any]:
     """INT8 ONNX of the student in ``run_dir``; returns paths, parity and (with ``eval_data``) top-1 figures.
 
     Writes ``student.onnx`` (FP32, if missing), ``student.int8-ptq.onnx``, with ``qat`` also
@@ -99,7 +100,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         try:
             qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, trust_code=trust_code,
                                                   layout=layout, batch=batch, opset=opset, qat_epochs=qat_epochs,
-                                                  qat_lr=qat_lr, show_progress=show_progress)
+                                                  qat_lr=qat_lr, show_progress=show_progress,
+                                                  qat_seconds=qat_seconds)
         except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
             qat_failure = f"its FP32 export does not match the fine-tuned model: {str(err).splitlines()[0]}"
         else:
@@ -248,7 +250,7 @@ def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
 
 def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, trust_code: bool,
                    layout: Layout, batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
-                   show_progress: bool) -> tuple[Path, dict[str, Any]]:
+                   show_progress: bool, qat_seconds: float | None = None) -> tuple[Path, dict[str, Any]]:
     """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
     from .export import load_student
     from .normalize import NormalizedModel
@@ -281,7 +283,7 @@ def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, te
         model, report = finetune_qat(
             student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=layout, epochs=epochs,
             lr=lr, batch=config.qat_batch, temperature=config.temperature,
-            fp32_anchor=config.qat_fp32_anchor, seed=config.seed,
+            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=qat_seconds,
             on_step=(lambda done, total: progress.update(task, completed=done, total=total)) if progress else None)
     finally:
         if progress is not None:

@@ -188,9 +188,9 @@ def test_round_without_finite_step_rebuilds_generator(digits_teacher, tmp_path, 
     rounds, stored = [], []
     synthesize, store = Distiller.synthesize, Distiller._store
 
-    def watched_synthesize(self, adversarial):
+    def watched_synthesize(self, adversarial, **kwargs):
         before, resets, added = self.generator, self.nonfinite["generator_resets"], self.memory.total_added
-        losses = synthesize(self, adversarial)
+        losses = synthesize(self, adversarial, **kwargs)
         rounds.append({"replaced": self.generator is not before, "resets": self.nonfinite["generator_resets"] - resets,
                        "added": self.memory.total_added - added, "loss_g": losses["loss_g"],
                        "teacher_calls": self.teacher.model.synthesis_calls})
