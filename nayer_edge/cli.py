@@ -293,7 +293,7 @@ def inspect(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of distillation.")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole job (distillation planned to fit) [default: 170].")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     resume: ResumeOpt = False, as_json: JsonOpt = False,
@@ -302,9 +302,12 @@ def demo(
     from .config import load_config
     from .demo import demo as run_demo
 
-    config = load_config("demo-digits", {"time_budget": time_budget, "epochs": epochs, "seed": seed})
+    from .config import chosen_keys
+
+    overrides = {"time_budget": time_budget, "epochs": epochs, "seed": seed}
+    config = load_config("demo-digits", overrides)
     metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty(), target=target,
-                       resume=resume)
+                       resume=resume, user_set=chosen_keys("demo-digits", overrides))
     _print_result(metrics, as_json, f"demo: digits teacher → student for {metrics['target']}, no training data")
     if not as_json:
         _print_deployment(metrics)

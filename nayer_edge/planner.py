@@ -42,9 +42,10 @@ SYNTHESIS_SHARE = DistillConfig.synthesis_share
 FIRST_STEP_SHARE = 0.03
 # The warm-up epochs (generator without the adversarial term, more rounds per epoch) take about this share.
 WARMUP_SHARE = 0.15
-# One synthesis round should take about this share of the budget (between the bounds below): short rounds
-# interleave synthesis and KD finely, long ones amortise each round's fixed cost.
-ROUND_SHARE = 0.04
+# About this many epochs fill a budget (the hand-written CPU recipe that did best ran 30 in 1000 s): epochs short
+# enough that synthesis and KD interleave finely and the student never trains long on a stale memory. The rounds
+# are sized from it (between the bounds below), with the batch first and then fewer generator steps.
+TARGET_EPOCHS = 28
 MIN_ROUND_SECONDS, MAX_ROUND_SECONDS = 1.0, 60.0
 # Largest batches the planner picks (the paper's), and the smallest synthesis batch (BatchNorm statistics of
 # fewer images are too noisy for the BN-statistics loss to mean much).
@@ -227,7 +228,9 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
     budget = float(loop_budget)
     # 1. A synthesis round of about ROUND_SHARE of the budget: the batch, then (if the smallest batch is still too
     #    slow) fewer generator steps.
-    round_target = min(MAX_ROUND_SECONDS, max(MIN_ROUND_SECONDS, ROUND_SHARE * budget))
+    planned_rounds = int(fixed.get("rounds_per_epoch", config.rounds_per_epoch))
+    round_target = min(MAX_ROUND_SECONDS, max(MIN_ROUND_SECONDS, config.synthesis_share * budget
+                                              / (TARGET_EPOCHS * planned_rounds)))
     g_steps = value("g_steps", lambda: config.g_steps if "synthesis_batch" in fixed else
                     max(MIN_G_STEPS, min(config.g_steps, int(round_target / gen_a(min_batch)))))
 

@@ -87,7 +87,7 @@ def test_resume_continues(digits_teacher, tmp_path):
 def test_time_budget_stops_gracefully(digits_teacher, tmp_path):
     out = tmp_path / "run"
     result = run_cli("distill", str(digits_teacher.path), "--out", str(out), "--json", *FAST,
-                     "--epochs", "1000", "--time-budget", "6")
+                     "--epochs", "1000", "--time-budget", "14")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(result.stdout)
     assert metrics["stopped_by"] == "time_budget"
@@ -97,7 +97,9 @@ def test_time_budget_stops_gracefully(digits_teacher, tmp_path):
     history = json.loads((out / "metrics.json").read_text())["history"]
     walls = [0.0] + [row["wall_seconds"] for row in history]
     longest_epoch = max(later - earlier for earlier, later in zip(walls, walls[1:]))
-    assert metrics["distill_seconds"] < 6 + max(5.0, longest_epoch), (metrics["distill_seconds"], walls)
+    # The budget bounds the whole command (setup and artefacts too): the loop alone gets less than all of it.
+    assert metrics["distill_seconds"] < 14 + max(5.0, longest_epoch), (metrics["distill_seconds"], walls)
+    assert metrics["wall_seconds"] < 14 + max(5.0, longest_epoch), metrics["wall_seconds"]
     assert (out / "student.ts").is_file()
 
 

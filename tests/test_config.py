@@ -111,9 +111,8 @@ def test_load_demo_recipe_and_overrides():
     assert "demo-digits" in list_recipes()
     cfg = load_config("demo-digits")
     assert cfg.student == "cnn_tiny"
-    assert cfg.epochs == 40 and cfg.synthesis_batch == 200 and cfg.kd_batch == 256
-    assert cfg.augment_flip is False
-    assert cfg.time_budget == 150.0 and isinstance(cfg.time_budget, float)
+    assert cfg.augment_flip is False and cfg.ngf == 32 and cfg.schedule == "auto"  # the schedule is planned
+    assert cfg.time_budget == 170.0 and isinstance(cfg.time_budget, float)
     assert cfg.bn_weight == 10.0  # not in the recipe: the default
 
     cfg = load_config("demo-digits", overrides={"epochs": 3, "lr": 0.05, "seed": None})

@@ -178,11 +178,11 @@ def test_torchrun_time_budget(digits_teacher, tmp_path, recipe):
     stopped alone would leave the other waiting in a collective and the run would time out)."""
     out = tmp_path / "run"
     result = torchrun("distill", str(digits_teacher.path), "--out", str(out), "--json", "--epochs", "1000",
-                      "--time-budget", "4", *RUN, *recipe, timeout=120)
+                      "--time-budget", "14", *RUN, *recipe, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs"] < 1000
-    assert metrics["distill_seconds"] < 4 + 5
+    assert metrics["distill_seconds"] < 14 + 5
     assert (out / "student.ts").is_file()
 
 
