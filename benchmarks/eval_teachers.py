@@ -285,7 +285,7 @@ TEACHERS: dict[str, TeacherSpec] = {spec.name: spec for spec in [
     TeacherSpec("photo64", "photo", (3, 64, 64),
                 lambda c, k: VGGSmall(c, k, (32, 64, 128, 128), convs=1, bn=True, stem_stride=2),
                 "VGG-style: 4 stages of conv3x3-BN-ReLU + maxpool2, widths 32-64-128-128, first conv stride 2, "
-                "global avg pool, linear", steps=250, batch=64, lr=0.05, optimizer="sgd"),
+                "global avg pool, linear", steps=140, batch=64, lr=0.05, optimizer="sgd"),
     TeacherSpec("digits28", "digits", (1, 28, 28),
                 lambda c, k: VGGSmall(c, k, (32, 64), convs=2, bn=True, flatten_side=7),
                 "VGG-style: [conv3x3(32)-BN-ReLU x2, maxpool2], [conv3x3(64)-BN-ReLU x2, maxpool2], flatten "
@@ -293,7 +293,7 @@ TEACHERS: dict[str, TeacherSpec] = {spec.name: spec for spec in [
     TeacherSpec("photo32_nobn", "photo", (3, 32, 32),
                 lambda c, k: VGGSmall(c, k, (32, 64, 128), convs=2, bn=False),
                 "plain CNN, no normalisation: 3 stages of [conv3x3-ReLU x2, maxpool2], widths 32-64-128, "
-                "global avg pool, linear", steps=300, batch=64, lr=1e-3, optimizer="adam"),
+                "global avg pool, linear", steps=400, batch=64, lr=2e-3, optimizer="adam"),
 ]}
 
 
