@@ -299,10 +299,8 @@ def demo(
     resume: ResumeOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """The main job on a built-in teacher: handwritten digits, compressed without their images."""
-    from .config import load_config
+    from .config import chosen_keys, load_config
     from .demo import demo as run_demo
-
-    from .config import chosen_keys
 
     overrides = {"time_budget": time_budget, "epochs": epochs, "seed": seed}
     config = load_config("demo-digits", overrides)

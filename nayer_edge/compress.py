@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,6 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                         "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
-    import time
-
     started = time.perf_counter() if clock_start is None else clock_start
     # With a time budget, the deployment's share is kept back from the distillation (see deployment_seconds).
     reserve = deployment_seconds(plan, config) if config.time_budget is not None else 0.0

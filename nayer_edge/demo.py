@@ -14,9 +14,8 @@ def demo(out_dir: str | Path = "runs/demo", *, config: DistillConfig | None = No
     """Train (once, cached) the digits teacher, then compress it for ``target`` with no access to its training
     images: distil, quantize, export, verify; teacher vs student top-1 on the held-out real digits."""
     from .compress import compress
-    from .digits import ensure_digits_teacher
-
     from .config import chosen_keys
+    from .digits import ensure_digits_teacher
 
     teacher = ensure_digits_teacher(cache_dir)  # trained once and cached; not charged to the budget
     return compress(teacher.teacher_path, target=target, out_dir=out_dir,

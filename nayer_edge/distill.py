@@ -174,9 +174,8 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     from . import distributed
     from .evaldata import load_eval_data
     from .teacher import load_teacher
-    from .zoo import build_student
-
     from .planner import user_set_keys
+    from .zoo import build_student
 
     config = config or DistillConfig()
     out_dir = Path(out_dir)
@@ -532,7 +531,9 @@ def _final_reserve(config: DistillConfig, plan: Any) -> float:
     samples = plan.expected_samples if plan is not None else config.memory_capacity
     held = min(samples, config.memory_capacity)
     sample_bytes = plan.costs.sample_bytes if plan is not None and plan.costs else 3 * 32 * 32
-    return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / 150e6
+    from .planner import WRITE_BYTES_PER_SECOND
+
+    return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / WRITE_BYTES_PER_SECOND
 
 
 def _make_plan(config: DistillConfig, user_set: set[str], teacher_module: Any, student_module: Any,

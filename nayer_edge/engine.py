@@ -377,7 +377,7 @@ class Distiller:
         # Within a round only one process reads its clock (the ranks would have to agree at every step).
         def round_out_of_time() -> bool:
             return time.perf_counter() - started + epoch_end >= budget  # type: ignore[operator]
-        in_round = {"out_of_time": round_out_of_time} if budget is not None and not self.dist.enabled else {}
+        in_round = round_out_of_time if budget is not None and not self.dist.enabled else None
 
         def interrupted() -> bool:
             if stop is not None and stop():
@@ -399,7 +399,7 @@ class Distiller:
                 if tick():
                     state.stopped_by = "time_budget"
                     break
-                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm, **in_round).items():
+                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm, out_of_time=in_round).items():
                     losses.setdefault(k, []).append(v)
                 state.round = r + 1
                 if on_step:

@@ -23,7 +23,6 @@ can be tested with any costs. Example::
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -172,6 +171,10 @@ def _round_to_classes(batch: float, num_classes: int) -> int:
     return max(num_classes, int(round(batch / num_classes)) * num_classes)
 
 
+def _min_synthesis_batch(num_classes: int) -> int:
+    return _round_to_classes(max(MIN_SYNTHESIS_BATCH, num_classes), num_classes)
+
+
 def _pow2(value: float, low: int, high: int) -> int:
     """A power of two near ``value`` (up from 0.7 of the way between two: 90 → 128, 80 → 64)."""
     return int(min(high, max(low, 2 ** math.ceil(math.log2(max(1.0, value)) - 0.3))))
@@ -198,7 +201,7 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
     gen_w = lambda b: costs.generator_warmup(b * share)  # noqa: E731
     gen_a = lambda b: costs.generator(b * share)  # noqa: E731
     kd = lambda b: costs.kd(b * share)  # noqa: E731
-    min_batch = _round_to_classes(max(MIN_SYNTHESIS_BATCH, num_classes), num_classes)
+    min_batch = _min_synthesis_batch(num_classes)
     max_batch = max(min_batch, _round_to_classes(MAX_SYNTHESIS_BATCH, num_classes))
     adversarial = config.adv_weight > 0
 
@@ -226,8 +229,8 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
                     tuple(notes))
 
     budget = float(loop_budget)
-    # 1. A synthesis round of about ROUND_SHARE of the budget: the batch, then (if the smallest batch is still too
-    #    slow) fewer generator steps.
+    # 1. Rounds sized so that about TARGET_EPOCHS epochs fill the budget: the batch, then (if the smallest batch is
+    #    still too slow) fewer generator steps.
     planned_rounds = int(fixed.get("rounds_per_epoch", config.rounds_per_epoch))
     round_target = min(MAX_ROUND_SECONDS, max(MIN_ROUND_SECONDS, config.synthesis_share * budget
                                               / (TARGET_EPOCHS * planned_rounds)))
@@ -316,8 +319,8 @@ def _eta_note(total_seconds: float) -> str:
 
 def smallest_budget(costs: StepCosts, config: DistillConfig, *, num_classes: int, outside_loop: float) -> float:
     """The smallest whole-command budget that allows one synthesis round and one KD step (rounded up)."""
-    batch = config.synthesis_batch if config.synthesis_batch < MAX_SYNTHESIS_BATCH else \
-        _round_to_classes(max(MIN_SYNTHESIS_BATCH, num_classes), num_classes)
+    batch = (config.synthesis_batch if config.synthesis_batch < MAX_SYNTHESIS_BATCH
+             else _min_synthesis_batch(num_classes))
     need = MIN_G_STEPS * costs.generator_warmup(batch) + costs.kd(_pow2(1.28 * batch, 32, MAX_KD_BATCH))
     return math.ceil((outside_loop + need) * 1.2 + 1)
 
@@ -395,10 +398,6 @@ def _timed(fn: Callable[[], Any], repeats: int, distiller: Any) -> float:
             out.item()
     sync()
     return (time.perf_counter() - t0) / repeats
-
-
-def copy_student(student: Any) -> Any:
-    return copy.deepcopy(student)
 
 
 # ------------------------------------------------------------------------------------------ display
