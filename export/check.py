@@ -67,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--labelled", default=None, help="folder of labelled images, one sub-folder per class")
     parser.add_argument("--max-latency-ms", type=float, default=None,
                         help="gate on p50 latency at the latency batch (default: the manifest's, if any)")
+    parser.add_argument("--min-teacher-retention", type=float, default=None,
+                        help="least share of the teacher's top-1 on the labelled subset (default: the manifest's)")
     parser.add_argument("--batch", type=int, default=None, help="latency batch (default: the manifest's)")
     parser.add_argument("--warmup-s", type=float, default=0.2, help="untimed warm-up seconds (default 0.2)")
     parser.add_argument("--duration-s", type=float, default=1.0, help="minimum timed seconds (default 1)")
@@ -76,6 +78,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.min_teacher_retention is not None and not 0.0 <= args.min_teacher_retention <= 1.0:
+        raise BadInput("--min-teacher-retention is a fraction in [0, 1], got {}".format(args.min_teacher_retention))
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
         raise BadInput("--max-latency-ms must be > 0, got {}".format(args.max_latency_ms))
     if args.batch is not None and args.batch < 1:
@@ -352,6 +356,32 @@ def parity_gates(measured: Dict[str, Any], limits: Dict[str, Any]) -> List[Dict[
     return gates
 
 
+def release_gates(release: Dict[str, Any], subset_top1: Optional[float],
+                  min_retention: Optional[float]) -> List[Dict[str, Any]]:
+    """The judgement against the teacher: the gates as they stood when the bundle was made, and the retention of
+    the teacher's top-1 measured here on the labelled subset."""
+    gates = []
+    made = release.get("gates_when_made") or []
+    failed = [g for g in made if not g.get("passed")]
+    if made:
+        text = ("all {} passed when the bundle was made".format(len(made)) if not failed else
+                "failed when the bundle was made: " + "; ".join(
+                    (release.get("untrained") if g["name"] == "student_trained" and release.get("untrained")
+                     else "{} {:.4g} (limit {} {:.4g})".format(g["name"], g["value"],
+                                                            ">=" if g.get("rule") == ">=" else "<=", g["limit"]))
+                    for g in failed))
+        gates.append(gate("release_gates_when_made", float(len(failed)), 0.0, not failed, text))
+    limit = min_retention if min_retention is not None else release.get("min_teacher_retention")
+    teacher = release.get("teacher_top1")
+    if subset_top1 is not None and teacher and limit:
+        floor = float(limit) * float(teacher)
+        gates.append(gate("teacher_retention_labelled_subset", subset_top1, floor, subset_top1 >= floor - 1e-12,
+                          "top-1 {:.2%} on the labelled subset, {:.1%} of the teacher's {:.2%} (limit >= {:.0%} "
+                          "of it = {:.2%})".format(subset_top1, subset_top1 / float(teacher), float(teacher),
+                                                   float(limit), floor)))
+    return gates
+
+
 def accuracy_gate(name: str, measured: float, expected: Optional[float], drop_points: float) -> Dict[str, Any]:
     if expected is None:
         return gate(name, measured, None, True, "top-1 {:.2%} (no expected accuracy: reported only)".format(measured))
@@ -397,6 +427,8 @@ def run_check(args: argparse.Namespace) -> Dict[str, Any]:
             subset = top1(runner, bundle_io.images_to_input(data["images"], manifest), data["labels"])
             result["labelled_subset"] = {"samples": int(len(data["labels"])), "top1": subset}
             gates.append(accuracy_gate("accuracy_labelled_subset", subset, labelled.get("top1"), drop))
+        gates += release_gates(manifest.get("release") or {}, (result.get("labelled_subset") or {}).get("top1"),
+                               args.min_teacher_retention)
         if args.labelled:
             images, labels, why = load_labelled_folder(args.labelled, manifest)
             if images is None:

@@ -161,6 +161,7 @@ def make_bundle(
     reference_limit: int = 64,
     labelled_limit: int = 256,
     check_qdq: bool = True,
+    release: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the deploy bundle for ``onnx_path`` to ``out_dir`` and ``<out_dir>.tar.gz``; return
     ``{"bundle_dir", "archive", "manifest"}``.
@@ -173,7 +174,9 @@ def make_bundle(
     gets on them. ``expected_accuracy`` (fraction, e.g. the FP32 student's on the full eval set) and
     ``max_accuracy_drop`` (points; default the target's) gate accuracy on the device. ``teacher_path`` or
     ``run_dir/config.json`` gives the teacher's sha256. ``precision`` defaults to the target's. An INT8
-    bundle for a TensorRT target must pass ``tensorrt_qdq_violations`` (``check_qdq``).
+    bundle for a TensorRT target must pass ``tensorrt_qdq_violations`` (``check_qdq``). ``release`` (from
+    :func:`nayer_edge.gates.release_summary`: the teacher's top-1, the retention and agreement limits, whether the
+    student trained) lets ``check.py`` judge the student against the teacher on the device too.
     Bad input raises UserError before anything is written; an existing ``out_dir`` is replaced only if it
     is a bundle.
     """
@@ -247,6 +250,7 @@ def make_bundle(
             "latency": {"batch": int(engine_batch["opt_batch"]), "max_ms": max_latency_ms if max_latency_ms
                         is not None else tgt.max_latency_ms},
             "teacher_sha256": _teacher_sha256(teacher_path, run_dir),
+            "release": release,
             "versions": _versions(ort, onnx),
         }
         build_engine = _device_module("build_engine")
@@ -503,6 +507,7 @@ def verify_bundle(
     *,
     labelled: str | os.PathLike[str] | None = None,
     max_latency_ms: float | None = None,
+    min_teacher_retention: float | None = None,
     json: bool = False,  # noqa: A002 - mirrors the CLI flag
     latency_seconds: float = 1.0,
     measure_latency: bool = True,
@@ -536,6 +541,8 @@ def verify_bundle(
         command += ["--labelled", str(labelled)]
     if max_latency_ms is not None:
         command += ["--max-latency-ms", str(max_latency_ms)]
+    if min_teacher_retention is not None:
+        command += ["--min-teacher-retention", str(min_teacher_retention)]
     if not measure_latency:  # e.g. on a build host, where a device's latency budget means nothing
         command += ["--no-latency"]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ inside the bundle

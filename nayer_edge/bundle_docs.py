@@ -117,7 +117,7 @@ python3 scripts/check.py --backend tensorrt --labelled /path/to/images --json > 
 
 `check.py` verifies every file's sha256 against `manifest.json` first, refuses an engine built for another
 TensorRT version or GPU, then gates: parity on {reference['samples']} reference samples (cosine ≥
-{thresholds['min_cosine']}, top-1 agreement ≥ {thresholds['min_top1_agreement']}){_accuracy_sentence(labelled, accuracy)}
+{thresholds['min_cosine']}, top-1 agreement ≥ {thresholds['min_top1_agreement']}){_accuracy_sentence(labelled, accuracy)}{_release_sentence(labelled, manifest.get('release'))}
 and, with `--max-latency-ms MS`{' (or the target budget ' + str(manifest['latency']['max_ms']) + ' ms)' if manifest['latency']['max_ms'] else ''},
 p50 latency at batch {manifest['latency']['batch']}. Exit code 0: every gate passed; 1: a gate failed (named);
 2: bad input. It warns when clocks are not locked.
@@ -136,6 +136,16 @@ The same engine with trtexec (TensorRT {trt_version}):
 - `deepstream_nvinfer.txt`: Gst-nvinfer `[property]` config (classifier, network-mode for {precision})
 - `scripts/`: `build_engine.py`, `check.py` and their helpers (no torch needed)
 """
+
+
+def _release_sentence(labelled: dict[str, Any] | None, release: dict[str, Any] | None) -> str:
+    if not release:
+        return ""
+    text = ", the gates against the teacher as they stood when the bundle was made (all must have passed)"
+    if labelled and release.get("teacher_top1") and release.get("min_teacher_retention"):
+        text += (f", top-1 on the labelled samples ≥ {release['min_teacher_retention']:.0%} of the teacher's "
+                 f"{release['teacher_top1']:.2%}")
+    return text
 
 
 def _accuracy_sentence(labelled: dict[str, Any] | None, accuracy: dict[str, Any]) -> str:

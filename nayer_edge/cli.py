@@ -167,6 +167,24 @@ def distill(
     _print_result(metrics, as_json, "distillation")
 
 
+RetentionOpt = Annotated[Optional[float], typer.Option(
+    "--min-teacher-retention", help="Gate: least share of the teacher's top-1 the deployed student keeps on the eval data, 0 to 1 (0: off) [default: the target's, 0.9].")]
+AgreementOpt = Annotated[Optional[float], typer.Option(
+    "--min-teacher-agreement", help="Gate without eval data: least top-1 agreement with the teacher on held-out synthetic samples (0: off) [default: the target's, 0.9].")]
+
+
+def _fail_on_gates(metrics: dict[str, Any]) -> None:
+    """Exit 1 with one line per failed gate, saying what it means, when a gate failed."""
+    from .gates import failure_lines
+    from .verify import Gate
+
+    if metrics["passed"]:
+        return
+    for line in failure_lines(metrics, [Gate(**g) for g in metrics["gates"]]):
+        err_console.print(f"gate failed: {line}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -192,6 +210,7 @@ def compress(
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
+    min_teacher_retention: RetentionOpt = None, min_teacher_agreement: AgreementOpt = None,
     resume: ResumeOpt = False, as_json: JsonOpt = False, schedule: ScheduleOpt = None,
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
@@ -202,14 +221,13 @@ def compress(
                            user_set=chosen, clock_start=_clock_start(),
                            precision=precision.value if precision else None, qat=qat,
                            max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, resume=resume,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
                            show_progress=not as_json or sys.stderr.isatty(),
                            **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
     _print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:
         _print_deployment(metrics)
-    if not metrics["passed"]:
-        err_console.print("gate failed: " + ", ".join(g["name"] for g in metrics["gates"] if not g["passed"]))
-        raise typer.Exit(1)
+    _fail_on_gates(metrics)
 
 
 def _print_deployment(metrics: dict[str, Any]) -> None:
@@ -219,7 +237,8 @@ def _print_deployment(metrics: dict[str, Any]) -> None:
     for name, lat in metrics["latency"].items():
         console.print(f"{name}: p50 {lat['p50_ms']:.3f} ms at batch {lat['batch']} ({lat['throughput']:,.0f} images/s)")
     for gate in metrics["gates"]:
-        console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g}) "
+        rule = "≥" if gate.get("rule") == ">=" else "≤"
+        console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {rule} {gate['limit']:.4g}) "
                       f"{'[green]pass[/]' if gate['passed'] else '[red]FAIL[/]'}")
     console.print(f"report: {metrics['artifacts']['report.md']}")
 
@@ -309,8 +328,7 @@ def demo(
     _print_result(metrics, as_json, f"demo: digits teacher → student for {metrics['target']}, no training data")
     if not as_json:
         _print_deployment(metrics)
-    if not metrics["passed"]:
-        raise typer.Exit(1)
+    _fail_on_gates(metrics)
 
 
 @app.command("export")
@@ -325,7 +343,8 @@ def export_command(
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="With --target; default: the target's.")] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="With --target: quantization-aware fine-tuning [default: on for INT8].")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="With --target: labelled real data for the accuracy gate and the bundle.")] = None,
-    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="With --target, for QAT [default: the one in RUN_DIR/config.json].")] = None,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="With --target, for QAT and the gates against the teacher [default: the one in RUN_DIR/config.json].")] = None,
+    min_teacher_retention: RetentionOpt = None, min_teacher_agreement: AgreementOpt = None,
     trust_pickle: TrustOpt = False,
     trust_code: TrustCodeOpt = False,
     as_json: JsonOpt = False,
@@ -339,14 +358,13 @@ def export_command(
 
         metrics = deploy(run_dir, target=target, eval_data=eval_data, precision=precision.value if precision else None,
                          qat=qat, teacher=teacher, trust_pickle=trust_pickle, trust_code=trust_code,
+                         min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
                          show_progress=not as_json or sys.stderr.isatty())
         if as_json:
             print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
         else:
             _print_deployment(metrics)
-        if not metrics["passed"]:
-            err_console.print("gate failed: " + ", ".join(g["name"] for g in metrics["gates"] if not g["passed"]))
-            raise typer.Exit(1)
+        _fail_on_gates(metrics)
         return
     try:
         result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
@@ -402,15 +420,17 @@ def quantize_command(
 
 
 def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[Path],
-                   max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool) -> None:
+                   max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool,
+                   teacher: Optional[Path], min_teacher_retention: Optional[float]) -> None:
     from .bundle import verify_bundle
 
-    if reference is not None or max_accuracy_drop is not None:
-        raise UserError("a bundle carries its own reference outputs and accuracy budget: drop --reference and "
-                        "--max-accuracy-drop")
+    if reference is not None or max_accuracy_drop is not None or teacher is not None:
+        raise UserError("a bundle carries its own reference outputs, accuracy budget and teacher's top-1: drop "
+                        "--reference, --max-accuracy-drop and --teacher")
     if eval_data is not None and not eval_data.is_dir():
         raise UserError(f"{eval_data}: for a bundle, --eval-data is an image folder (one sub-folder per class)")
-    result = verify_bundle(bundle, labelled=eval_data, max_latency_ms=max_latency_ms, json=as_json)
+    result = verify_bundle(bundle, labelled=eval_data, max_latency_ms=max_latency_ms, json=as_json,
+                           min_teacher_retention=min_teacher_retention)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -430,16 +450,20 @@ def verify_command(
     batch: Annotated[int, typer.Option("--batch")] = 32,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: points of top-1 below the reference.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at --batch.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="The teacher model file (TorchScript or ONNX, with its .json), for --min-teacher-retention.")] = None,
+    min_teacher_retention: Annotated[Optional[float], typer.Option("--min-teacher-retention", help="Gate: least share of the teacher's top-1 on the eval data (a bundle: on its labelled subset) [default for a bundle: its manifest's].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, parity and latency of an ONNX model or a bundle, with pass/fail gates (exit 1 when a gate fails)."""
     from .verify import verify
 
     if model.is_dir() and (model / "manifest.json").is_file():
-        _verify_bundle(model, eval_data, reference, max_accuracy_drop, max_latency_ms, as_json)
+        _verify_bundle(model, eval_data, reference, max_accuracy_drop, max_latency_ms, as_json, teacher,
+                       min_teacher_retention)
         return
     result = verify(model, eval_data=eval_data, reference=reference, batch=batch,
-                    max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
+                    max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, teacher=teacher,
+                    min_teacher_retention=min_teacher_retention)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -452,9 +476,12 @@ def verify_command(
         lat = result.latency
         console.print(f"latency at batch {lat.batch}: mean {lat.mean_ms:.3f} ms, p50 {lat.p50_ms:.3f}, p90 {lat.p90_ms:.3f}, "
                       f"p95 {lat.p95_ms:.3f}, p99 {lat.p99_ms:.3f}; {lat.throughput:,.0f} images/s; CV {lat.cv:.1%}")
+        if result.teacher_accuracy is not None:
+            console.print(f"teacher top-1 {fmt(result.teacher_accuracy)} on the same data")
         for gate in result.gates:
             mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
-            console.print(f"gate {gate.name}: {gate.value:.4g} (limit {gate.limit:.4g}) {mark}")
+            rule = "≥" if gate.rule == ">=" else "≤"
+            console.print(f"gate {gate.name}: {gate.value:.4g} (limit {rule} {gate.limit:.4g}) {mark}")
     failed = [g.name for g in result.gates if not g.passed]
     if failed:
         err_console.print(f"gate failed: {', '.join(failed)}")
@@ -480,11 +507,12 @@ def targets(as_json: JsonOpt = False) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="deployment targets", expand=False)
-    for column in ("name", "aliases", "runtime", "precision", "quantization", "batch", "max_accuracy_drop", "max_latency_ms"):
+    columns = ("name", "aliases", "runtime", "precision", "quantization", "batch", "max_accuracy_drop",
+               "max_latency_ms", "min_teacher_retention", "min_teacher_agreement")
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(v) for v in (row["name"], row["aliases"], row["runtime"], row["precision"],
-                                         row["quantization"], row["batch"], row["max_accuracy_drop"], row["max_latency_ms"])))
+        table.add_row(*(str(row[c]) for c in columns))
     console.print(table)
 
 

@@ -21,13 +21,16 @@ from .interrupt import names_checkpoint
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
+             min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
              show_progress: bool = True, cache_dir: Path | None = None, resume: bool = False,
              user_set: Any = None, clock_start: float | None = None, **teacher_options: Any) -> dict[str, Any]:
     """Run every stage; returns the metrics, with ``passed`` false when a gate failed. ``resume``: continue
     the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.distill`).
 
-    Gates: ``accuracy_drop`` (top-1 points of the deployed model below the FP32 student; needs eval data) and
-    ``latency_p50_ms`` at the target's batch. Limits default to the target's budgets.
+    Gates: ``student_trained`` (at least one KD step), ``teacher_retention`` (deployed top-1 against the
+    teacher's; needs eval data) or without eval data ``teacher_agreement_synthetic`` (see :mod:`nayer_edge.gates`),
+    ``accuracy_drop`` (top-1 points of the deployed model below the FP32 student; needs eval data) and
+    ``latency_p50_ms`` at the target's batch. Limits default to the target's.
 
         result = compress("teacher.pt", target="cpu-x86", out_dir="runs/release", config=load_config("demo-digits"),
                           eval_data="heldout.npz")
@@ -39,7 +42,8 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
         raise UserError("compress runs in one process (its export and quantize stages are not distributed): run "
                         "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
-                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
     started = time.perf_counter() if clock_start is None else clock_start
     # With a time budget, the deployment's share is kept back from the distillation (see deployment_seconds).
     reserve = deployment_seconds(plan, config) if config.time_budget is not None else 0.0
@@ -56,6 +60,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
 
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
+           min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
            teacher: str | Path | None = None, show_progress: bool = False, trust_code: bool = False,
            **teacher_options: Any) -> dict[str, Any]:
     """Every stage after distillation, on an existing ``nayer-edge distill`` folder: ONNX for the target's
@@ -70,13 +75,16 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
     run_dir = Path(run_dir)
     require_code_trust(run_dir, read_student_spec(run_dir), trust_code)
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
-                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None)
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
+    if eval_data is not None:
+        metrics["teacher_accuracy"] = None  # measured again on this call's eval data, which may not be the run's
     return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
                    show_progress=show_progress, trust_code=trust_code)
 
@@ -106,6 +114,8 @@ class DeploymentPlan:
     qat: bool
     max_accuracy_drop: float | None
     max_latency_ms: float | None
+    min_teacher_retention: float | None = None
+    min_teacher_agreement: float | None = None
 
     @property
     def on_device(self) -> bool:
@@ -113,7 +123,8 @@ class DeploymentPlan:
 
 
 def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max_accuracy_drop: float | None,
-                    max_latency_ms: float | None, has_eval_data: bool) -> DeploymentPlan:
+                    max_latency_ms: float | None, has_eval_data: bool, min_teacher_retention: float | None = None,
+                    min_teacher_agreement: float | None = None) -> DeploymentPlan:
     """Resolve the target's defaults; raise UserError for a combination the target cannot do."""
     from .targets import load_target
 
@@ -128,11 +139,19 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
     qat = precision == "int8" if qat is None else qat
     max_accuracy_drop = spec.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
     max_latency_ms = spec.max_latency_ms if max_latency_ms is None else max_latency_ms
+    for name, value in (("--min-teacher-retention", min_teacher_retention),
+                        ("--min-teacher-agreement", min_teacher_agreement)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"{name} is a fraction in [0, 1] (0 turns the gate off), got {value:g}")
+    retention = spec.min_teacher_retention if min_teacher_retention is None else min_teacher_retention
+    agreement = spec.min_teacher_agreement if min_teacher_agreement is None else min_teacher_agreement
     if not has_eval_data:
-        max_accuracy_drop = None  # nothing to measure it on; reported as skipped
+        max_accuracy_drop = retention = None  # nothing to measure them on; the agreement proxy stands in
+    else:
+        agreement = None
     if spec.runtime == "tensorrt":
         import onnx  # noqa: F401 - fail before distilling when the bundle could not be written
-    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms)
+    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None)
 
 
 def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
@@ -145,11 +164,15 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
     # Everything the later stages read is checked before the first file is written.
     _check_memories(out_dir, needs_samples=precision == "int8")
-    qat_teacher = None
-    if precision == "int8" and qat:
+    teacher_model = None
+    measure_teacher = eval_data is not None and metrics.get("teacher_accuracy") is None
+    proxy = plan.min_teacher_agreement is not None
+    if (precision == "int8" and qat) or measure_teacher or proxy:
         from .quantize import load_run_teacher
 
-        qat_teacher = load_run_teacher(out_dir, teacher, teacher_options)
+        teacher_model = load_run_teacher(out_dir, teacher, teacher_options)
+    if measure_teacher:
+        metrics["teacher_accuracy"] = _teacher_top1(out_dir, teacher_model, eval_data)
     max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
     batch = None if spec.dynamic_batch else spec.batch
     exported = export(out_dir, out_dir / "student.onnx", batch=batch, opset=spec.opset, trust_code=trust_code)
@@ -160,7 +183,7 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         from .quantize import quantize
 
         int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
-                        teacher=qat_teacher, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
+                        teacher=teacher_model if qat else None, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
                         opset=spec.opset, show_progress=show_progress, trust_code=trust_code,
                         qat_seconds=qat_seconds)
         deployed = int8["int8_onnx"]
@@ -176,10 +199,17 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         results = {"fp32": verify(exported["onnx"], eval_data=eval_data, batch=spec.batch),
                    precision: verify(deployed, eval_data=eval_data, reference=exported["onnx"], batch=spec.batch,
                                      **gates)}
-    bundle = _bundle(out_dir, deployed, spec, precision, teacher, eval_data, results["fp32"].accuracy,
-                     max_accuracy_drop, max_latency_ms) if on_device else None
     final = results[precision]
-    final_gates = list(final.gates)
+    from .gates import release_summary, teacher_gates
+
+    agreement = _synthetic_agreement(out_dir, deployed, teacher_model) if proxy else None
+    against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy, deployed_agreement=agreement,
+                                    min_retention=plan.min_teacher_retention, min_agreement=plan.min_teacher_agreement)
+    release = release_summary(metrics, against_teacher, min_retention=plan.min_teacher_retention,
+                              min_agreement=plan.min_teacher_agreement)
+    bundle = _bundle(out_dir, deployed, spec, precision, teacher, eval_data, results["fp32"].accuracy,
+                     max_accuracy_drop, max_latency_ms, release) if on_device else None
+    final_gates = against_teacher + list(final.gates)
     if bundle is not None:
         from .verify import Gate
 
@@ -204,8 +234,11 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
                     for name, r in results.items()},
         "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {}),
                         **({"fp16": Path(deployed).stat().st_size} if precision == "fp16" else {})},
-        "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in final_gates],
+        "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed, "rule": g.rule}
+                  for g in final_gates],
         "passed": all(g.passed for g in final_gates),
+        "release": release,
+        "teacher_agreement_synthetic": agreement,
         "runtime": spec.runtime,
         "bundle": None if bundle is None else {"dir": bundle["bundle_dir"], "archive": bundle["archive"],
                                                "host_check": {k: bundle["check"].get(k) for k in
@@ -239,9 +272,32 @@ def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
             SampleMemory.load(out_dir / name)
 
 
+def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
+    """The teacher's top-1 on the eval data (for a run folder distilled without it, or with other data)."""
+    from .evaldata import load_eval_data
+    from .export import read_student_spec
+    from .gates import teacher_predictions
+
+    student = read_student_spec(out_dir)
+    x, y = load_eval_data(eval_data, input_shape=student["input_shape"], classes=student["classes"])
+    return float((teacher_predictions(teacher, x) == y.numpy()).mean())
+
+
+def _synthetic_agreement(out_dir: Path, deployed: str, teacher: Any) -> float | None:
+    """Top-1 agreement of the deployed model with the teacher on the held-out synthetic samples (None: none)."""
+    from .gates import onnx_predictions, teacher_predictions
+    from .memory import SampleMemory
+
+    holdout = out_dir / "holdout.npz"
+    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / "samples.npz").all()[0]
+    if not len(images):
+        return None
+    return float((onnx_predictions(deployed, images.numpy()) == teacher_predictions(teacher, images)).mean())
+
+
 def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: str | Path | None, eval_data: Any,
-            fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None
-            ) -> dict[str, Any]:
+            fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None,
+            release: dict[str, Any] | None = None) -> dict[str, Any]:
     """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
     from .bundle import make_bundle, verify_bundle
     from .export import read_student_spec
@@ -254,7 +310,7 @@ def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: st
                        input_shape=student["input_shape"], mean=student["mean"], std=student["std"],
                        input_convention="images01", reference_images=images[:64].float(), precision=precision,
                        eval_data=eval_data, teacher_path=teacher, run_dir=out_dir, expected_accuracy=fp32_accuracy,
-                       max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms)
+                       max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, release=release)
     made["check"] = verify_bundle(made["bundle_dir"], measure_latency=False)
     return made
 
@@ -309,9 +365,18 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
     for name, lat in metrics["latency"].items():
         lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
                      f"{lat['throughput']:,.0f} |")
+    from .gates import PROXY_NOTE, failure_lines
+    from .verify import Gate
+
     lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
-    lines += [f"| {g['name']} | {g['limit']:.4g} | {g['value']:.4g} | {'pass' if g['passed'] else '**FAIL**'} |"
-              for g in metrics["gates"]] or ["| (none configured) | | | |"]
+    lines += [f"| {g['name']} | {'≥' if g.get('rule') == '>=' else '≤'} {g['limit']:.4g} | {g['value']:.4g} | "
+              f"{'pass' if g['passed'] else '**FAIL**'} |" for g in metrics["gates"]] or ["| (none configured) | | | |"]
+    if any(g["name"] == "teacher_agreement_synthetic" for g in metrics["gates"]):
+        lines += ["", f"Judged against the teacher without eval data: {PROXY_NOTE} (how well it tracks real "
+                  "accuracy: BENCHMARKS.md, release gates)."]
+    failed = failure_lines(metrics, [Gate(**g) for g in metrics["gates"]])
+    if failed:
+        lines += [""] + [f"- **{line}**" for line in failed]
     if metrics.get("bundle"):
         bundle = metrics["bundle"]
         check = bundle["host_check"]

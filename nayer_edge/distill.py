@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -472,6 +473,11 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         skipped = distiller.nonfinite
         notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
                      f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
+    rounds = (distiller.memory.total_added + distiller.holdout.total_added) // max(1, config.synthesis_batch)
+    untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
+                                 setup_seconds=time.perf_counter() - started - state.elapsed)
+    if untrained:
+        notes.append(untrained)
     student_params = sum(p.numel() for p in student.parameters())
     metrics: dict[str, Any] = {
         "plan": resolved["plan"],
@@ -479,6 +485,9 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         "student_accuracy": accuracy(student_module, *eval_set, device=device) if eval_set is not None else None,
         "agreement": distiller.holdout_agreement(),
         "epochs": state.epoch,
+        "kd_steps": state.kd_step,
+        "synthesis_rounds": int(rounds),
+        "untrained": untrained,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "distill_seconds": round(state.elapsed, 2),
         "stopped_by": state.stopped_by or "epochs",
@@ -526,6 +535,26 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
     return dist.broadcast_object(metrics)
 
 
+def untrained_reason(config: DistillConfig, *, kd_steps: int, rounds: int, distill_seconds: float,
+                     setup_seconds: float) -> str | None:
+    """One line saying that the student never took a KD step and about what budget would have let it, or None
+    when it trained. The estimate counts the synthesis rounds the schedule runs before its first KD step at the
+    pace this run measured."""
+    if kd_steps > 0:
+        return None
+    warm = config.warmup_epochs > 0
+    before_kd = (config.warmup_rounds if warm else config.rounds_per_epoch) if config.kd_during_warmup else \
+        config.warmup_epochs * config.warmup_rounds + config.rounds_per_epoch
+    per_round = distill_seconds / rounds if rounds else None
+    line = (f"the student never trained: 0 KD steps in {distill_seconds:.0f} s of distillation, which went to "
+            f"{rounds} synthesis round(s) of the {before_kd} the schedule runs before its first KD step")
+    if per_round is None:
+        return line + "; give a larger --time-budget, or leave the schedule to the planner (--schedule auto)"
+    need = math.ceil(1.2 * (setup_seconds + before_kd * per_round) + 10)
+    return (line + f" (about {per_round:.0f} s each); a --time-budget of about {need} s would have let it train, "
+            "or leave the schedule to the planner (--schedule auto, no fixed recipe)")
+
+
 def _final_reserve(config: DistillConfig, plan: Any) -> float:
     """Seconds a budgeted run keeps for its end: a fixed part, and writing the sample memories it will hold."""
     samples = plan.expected_samples if plan is not None else config.memory_capacity
@@ -544,7 +573,9 @@ def _make_plan(config: DistillConfig, user_set: set[str], teacher_module: Any, s
     import copy
 
     from .engine import Distiller
-    from .planner import measure_step_costs, plan_schedule, ram_bytes, smallest_budget
+    from .planner import measure_step_costs, plan_schedule, planned_ngf, ram_bytes, smallest_budget
+
+    config = dc_replace(config, ngf=planned_ngf(config, user_set, loaded.spec.input_shape))  # measured as it will run
 
     def make(trial: DistillConfig) -> Distiller:
         return Distiller(teacher_module, copy.deepcopy(student_module), embeddings, trial, loaded.spec.input_shape,

@@ -33,7 +33,13 @@ from .errors import UserError
 
 # The settings the planner may choose; any of them the user set (command line or recipe) is kept.
 SCHEDULE_KEYS = ("synthesis_batch", "g_steps", "rounds_per_epoch", "warmup_epochs", "warmup_rounds", "kd_batch",
-                 "kd_steps", "epochs", "memory_capacity")
+                 "kd_steps", "epochs", "memory_capacity", "ngf")
+# The generator's decoder costs about 27·ngf²·H·W multiply-adds per image (a 3×3 convolution after each ×2
+# upsampling). On a CPU it, not the teacher, dominates a generator step: at 3×64×64 with ngf 64 it took 1.7 s of
+# a 2.3 s step for 60 images, the teacher 0.04 s (BENCHMARKS.md §9). With a budget the planner takes the widest
+# ngf whose decoder stays within MAX_DECODER_MACS.
+NGF_CHOICES = (64, 32, 16)
+MAX_DECODER_MACS = 27 * 32 ** 2 * 64 * 64
 # The default share of a normal epoch's time that goes to synthesis (config.synthesis_share; the rest: KD):
 # BENCHMARKS.md, the planner section.
 SYNTHESIS_SHARE = DistillConfig.synthesis_share
@@ -180,12 +186,23 @@ def _pow2(value: float, low: int, high: int) -> int:
     return int(min(high, max(low, 2 ** math.ceil(math.log2(max(1.0, value)) - 0.3))))
 
 
+def planned_ngf(config: DistillConfig, user_set: Collection[str], input_shape: tuple[int, int, int]) -> int:
+    """The generator width a budgeted run uses: the user's, else the widest of NGF_CHOICES (never wider than the
+    configured one) whose decoder costs at most MAX_DECODER_MACS per image. Without a budget: the configured one."""
+    if "ngf" in user_set or config.time_budget is None or config.schedule == "fixed":
+        return config.ngf
+    _, height, width = input_shape
+    fits = [n for n in NGF_CHOICES if n <= config.ngf and 27 * n * n * height * width <= MAX_DECODER_MACS]
+    return fits[0] if fits else min(config.ngf, NGF_CHOICES[-1])
+
+
 def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collection[str], num_classes: int,
                   loop_budget: float | None, eval_samples: int = 0, world_size: int = 1,
                   ram_bytes: int | None = None) -> Plan:
     """Choose every schedule setting not in ``user_set`` so that the schedule fits ``loop_budget`` seconds (the
     time budget less what the run spends outside the loop; ``None``: no budget). Raises :class:`UserError` when
-    the budget is too small for one synthesis round and one KD step."""
+    the budget is too small for one synthesis round and one KD step. ``config.ngf`` is the generator width the
+    costs were measured with (:func:`planned_ngf`); with a budget it is recorded among the planned values."""
     fixed = {k: getattr(config, k) for k in SCHEDULE_KEYS if k in user_set}
     chosen: dict[str, int] = {}
     notes: list[str] = []
@@ -229,6 +246,7 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
                     tuple(notes))
 
     budget = float(loop_budget)
+    value("ngf", lambda: config.ngf)
     # 1. Rounds sized so that about TARGET_EPOCHS epochs fill the budget: the batch, then (if the smallest batch is
     #    still too slow) fewer generator steps.
     planned_rounds = int(fixed.get("rounds_per_epoch", config.rounds_per_epoch))

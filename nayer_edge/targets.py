@@ -45,7 +45,9 @@ class Target:
 
     ``batch`` is the batch size latency is measured at; ``dynamic_batch`` whether the exported model keeps a
     dynamic batch axis. ``max_accuracy_drop`` is in top-1 percentage points against the FP32 student;
-    ``None`` budgets are not checked. The Jetson fields (``jetpack``, ``tensorrt``, ``gpu_arch``,
+    ``None`` budgets are not checked. ``min_teacher_retention`` is the least share of the teacher's top-1 the
+    deployed student must keep on the eval data; ``min_teacher_agreement`` the least top-1 agreement with the
+    teacher on held-out synthetic samples, the proxy used when there is no eval data (``None``: not checked). The Jetson fields (``jetpack``, ``tensorrt``, ``gpu_arch``,
     ``dla_cores``, ``memory_gb``) describe the device an engine is built on.
     """
 
@@ -61,6 +63,8 @@ class Target:
     opset: int
     max_accuracy_drop: float | None = None
     max_latency_ms: float | None = None
+    min_teacher_retention: float | None = 0.9
+    min_teacher_agreement: float | None = 0.9
     execution_providers: tuple[str, ...] = ()
     jetpack: str | None = None
     tensorrt: str | None = None
@@ -91,6 +95,10 @@ class Target:
             yield f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             yield f"max_latency_ms must be > 0, got {self.max_latency_ms}"
+        for key in ("min_teacher_retention", "min_teacher_agreement"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                yield f"{key} is a fraction in [0, 1], got {value}"
         if self.dla_cores < 0:
             yield f"dla_cores must be >= 0, got {self.dla_cores}"
         if self.memory_gb is not None and self.memory_gb <= 0:
@@ -219,6 +227,8 @@ def describe_targets() -> list[dict[str, Any]]:
             "opset": t.opset,
             "max_accuracy_drop": t.max_accuracy_drop,
             "max_latency_ms": t.max_latency_ms,
+            "min_teacher_retention": t.min_teacher_retention,
+            "min_teacher_agreement": t.min_teacher_agreement,
             "description": t.description,
         })
     return rows

@@ -32,12 +32,13 @@ PARITY_SAMPLES = 64  # random [0, 1] images for parity when there is no eval dat
 
 @dataclass
 class Gate:
-    """One pass/fail check: ``value`` must be at most ``limit``."""
+    """One pass/fail check: ``value`` must be at most ``limit`` (``rule`` "<=") or at least it (">=")."""
 
     name: str
     limit: float
     value: float
     passed: bool
+    rule: str = "<="
 
 
 @dataclass
@@ -54,6 +55,7 @@ class VerifyResult:
     passed: bool
     model: str = ""
     reference: str | None = None
+    teacher_accuracy: float | None = None
     input: str = IMAGES01
     input_shape: list[int] = field(default_factory=list)
     samples: int = 0
@@ -95,6 +97,8 @@ def verify(
     providers: Sequence[str] | None = None,
     latency_seconds: float = 2.0,
     warmup_seconds: float = 0.5,
+    teacher: str | os.PathLike[str] | None = None,
+    min_teacher_retention: float | None = None,
 ) -> VerifyResult:
     """Check an ONNX model: top-1 on ``eval_data``, parity and accuracy against ``reference``, latency.
 
@@ -105,7 +109,9 @@ def verify(
     data). Latency is measured at ``batch`` (a fixed-batch model is measured at its own batch).
 
     Gates, each only when its limit is given: ``accuracy_drop`` (points, needs eval data and a
-    reference) ≤ ``max_accuracy_drop``; ``latency_p50_ms`` ≤ ``max_latency_ms``.
+    reference) ≤ ``max_accuracy_drop``; ``latency_p50_ms`` ≤ ``max_latency_ms``; ``teacher_retention``
+    (top-1 as a share of ``teacher``'s on the same eval data, a model file like ``reference``) ≥
+    ``min_teacher_retention``.
 
     Example::
 
@@ -120,6 +126,11 @@ def verify(
         raise UserError(f"batch must be a positive integer, got {batch!r}")
     if max_accuracy_drop is not None and (eval_data is None or reference is None):
         raise UserError("max_accuracy_drop needs both eval data and a reference model to compare with")
+    if min_teacher_retention is not None:
+        if eval_data is None or teacher is None:
+            raise UserError("--min-teacher-retention needs both --eval-data and --teacher (the teacher model file)")
+        if not 0.0 <= min_teacher_retention <= 1.0:
+            raise UserError(f"--min-teacher-retention is a fraction in [0, 1], got {min_teacher_retention:g}")
     notes: list[str] = []
     path = Path(model_path)
     session = onnx_session(path, providers=providers, threads=threads)
@@ -154,6 +165,12 @@ def verify(
         y = None
         logits = model.logits(x)
 
+    teacher_accuracy = None
+    if teacher is not None and y is not None:
+        teacher_model = _reference_predictor(Path(teacher), model, providers, threads, notes)
+        teacher_accuracy = float((teacher_model.logits(x).argmax(1) == y).mean())
+        notes.append(f"teacher {Path(teacher).name}: top-1 {teacher_accuracy:.2%} on the same eval data")
+
     parity = None
     if ref is not None:
         from .onnx_export import compare_logits
@@ -177,6 +194,11 @@ def verify(
         assert accuracy_drop is not None
         gates.append(Gate("accuracy_drop", float(max_accuracy_drop), accuracy_drop,
                           accuracy_drop <= max_accuracy_drop))
+    if min_teacher_retention is not None and teacher_accuracy:
+        assert accuracy is not None
+        retention = accuracy / teacher_accuracy
+        gates.append(Gate("teacher_retention", float(min_teacher_retention), retention,
+                          retention >= min_teacher_retention, rule=">="))
     if max_latency_ms is not None:
         gates.append(Gate("latency_p50_ms", float(max_latency_ms), latency.p50_ms, latency.p50_ms <= max_latency_ms))
 
@@ -184,6 +206,7 @@ def verify(
         accuracy=accuracy,
         reference_accuracy=reference_accuracy,
         accuracy_drop=accuracy_drop,
+        teacher_accuracy=teacher_accuracy,
         parity=parity,
         latency=latency,
         gates=gates,

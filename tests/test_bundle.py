@@ -440,7 +440,8 @@ def _sha256(path: Path) -> str:
 # The device scripts as each release ships them. verify refuses a bundle whose scripts differ from this
 # version's although the manifest names this version (an edit, re-sealed), so the scripts may only change
 # with the version: bump __version__ and pyproject's version, and record the new digest here.
-DEVICE_SCRIPTS_DIGEST = {"0.2.0": "60daafcc5f50805bc47cdb763970be65f6d9258af2647d48c319da96682c9faa"}
+DEVICE_SCRIPTS_DIGEST = {"0.2.0": "60daafcc5f50805bc47cdb763970be65f6d9258af2647d48c319da96682c9faa",
+                         "0.3.0": "bf2263af2e0d57c704a2c8cd3d1fa66693b69e3e533587a82c0ccc9d67135590"}
 
 
 def test_the_device_scripts_change_only_with_the_version():

@@ -35,7 +35,7 @@ def test_compress_cpu_int8_passes(released):
     assert metrics["student_accuracy"] >= 0.85
     assert abs(metrics["int8_accuracy"] - metrics["fp32_onnx_accuracy"]) <= 0.01  # the target's 1-point budget
     assert set(metrics["latency"]) == {"fp32", "int8"}
-    assert [g["name"] for g in metrics["gates"]] == ["accuracy_drop"]
+    assert [g["name"] for g in metrics["gates"]] == ["student_trained", "teacher_retention", "accuracy_drop"]
     # QAT is on by default for INT8; both it and the PTQ baseline are measured, one is deployed.
     assert metrics["qat"] and set(metrics["int8_candidates"]) == {"ptq", "qat"}
     assert metrics["int8_accuracy"] == pytest.approx(metrics[f"{metrics['int8_method']}_int8_accuracy"], abs=1e-6)
@@ -58,7 +58,8 @@ def test_deploy_for_jetson_makes_a_checked_bundle(released, digits_teacher, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert metrics["target"] == "jetson-orin-nano" and metrics["runtime"] == "tensorrt" and metrics["passed"]
-    assert {g["name"] for g in metrics["gates"]} == {"accuracy_drop", "bundle_check_onnxruntime"}
+    assert {g["name"] for g in metrics["gates"]} == {"student_trained", "teacher_retention", "accuracy_drop",
+                                                     "bundle_check_onnxruntime"}
     bundle = run_dir / "bundle"
     assert (run_dir / "bundle.tar.gz").is_file() and (bundle / "manifest.json").is_file()
     assert tensorrt_qdq_violations(bundle / "model.onnx") == []
