@@ -35,11 +35,12 @@ from .errors import UserError
 SCHEDULE_KEYS = ("synthesis_batch", "g_steps", "rounds_per_epoch", "warmup_epochs", "warmup_rounds", "kd_batch",
                  "kd_steps", "epochs", "memory_capacity", "ngf")
 # The generator's decoder costs about 27·ngf²·H·W multiply-adds per image (a 3×3 convolution after each ×2
-# upsampling). On a CPU it, not the teacher, dominates a generator step: at 3×64×64 with ngf 64 it took 1.7 s of
-# a 2.3 s step for 60 images, the teacher 0.04 s (BENCHMARKS.md §9). With a budget the planner takes the widest
-# ngf whose decoder stays within MAX_DECODER_MACS.
-NGF_CHOICES = (64, 32, 16)
-MAX_DECODER_MACS = 27 * 32 ** 2 * 64 * 64
+# upsampling), and on a CPU it, not the teacher, dominates a generator step: at 3×64×64 with ngf 64 it took 1.7 s
+# of a 2.3 s step for 60 images, the teacher 0.04 s. With a budget the planner narrows it for larger images, as
+# measured at 600 s (BENCHMARKS.md §9): at 3×64×64 ngf 16 > 32 > 64 (0.755, 0.70, 0.63 top-1; teacher 0.916), at
+# 3×32×32 ngf 64 ≈ 32 (0.936, 0.924; teacher 0.951). Largest image area (H·W) for each width:
+NGF_BY_AREA = ((32 * 32, 64), (48 * 48, 32))
+NARROWEST_NGF = 16
 # The default share of a normal epoch's time that goes to synthesis (config.synthesis_share; the rest: KD):
 # BENCHMARKS.md, the planner section.
 SYNTHESIS_SHARE = DistillConfig.synthesis_share
@@ -187,13 +188,13 @@ def _pow2(value: float, low: int, high: int) -> int:
 
 
 def planned_ngf(config: DistillConfig, user_set: Collection[str], input_shape: tuple[int, int, int]) -> int:
-    """The generator width a budgeted run uses: the user's, else the widest of NGF_CHOICES (never wider than the
-    configured one) whose decoder costs at most MAX_DECODER_MACS per image. Without a budget: the configured one."""
+    """The generator width a budgeted run uses: the user's, else NGF_BY_AREA's for the image (never wider than the
+    configured one). Without a budget: the configured one."""
     if "ngf" in user_set or config.time_budget is None or config.schedule == "fixed":
         return config.ngf
     _, height, width = input_shape
-    fits = [n for n in NGF_CHOICES if n <= config.ngf and 27 * n * n * height * width <= MAX_DECODER_MACS]
-    return fits[0] if fits else min(config.ngf, NGF_CHOICES[-1])
+    width_for_area = next((n for area, n in NGF_BY_AREA if height * width <= area), NARROWEST_NGF)
+    return min(config.ngf, width_for_area)
 
 
 def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collection[str], num_classes: int,
