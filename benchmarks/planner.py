@@ -97,7 +97,7 @@ def table(rows: list[dict]) -> str:
                 cells.append("—")
                 continue
             sd = f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else ""
-            cells.append(f"{statistics.mean(accs):.3f}{sd} (n={len(accs)}, +{max(over):.0f} s)")
+            cells.append(f"{statistics.mean(accs):.3f}{sd} (n={len(accs)}, {max(over):+.0f} s)")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
