@@ -92,6 +92,17 @@ def test_user_set_values_survive(chosen):
     assert set(plan.values) == set(SCHEDULE_KEYS) - set(chosen)
 
 
+def test_the_generator_is_narrowed_for_larger_images_only_with_a_budget():
+    from nayer_edge.planner import planned_ngf
+
+    budgeted = DistillConfig(time_budget=600)
+    assert [planned_ngf(budgeted, set(), (3, s, s)) for s in (16, 28, 32, 48, 64, 224)] == [64, 64, 64, 32, 16, 16]
+    assert planned_ngf(budgeted, {"ngf"}, (3, 64, 64)) == 64  # the user's width is kept
+    assert planned_ngf(DistillConfig(time_budget=600, ngf=24), set(), (3, 32, 32)) == 24  # never wider than asked
+    assert planned_ngf(DistillConfig(), set(), (3, 64, 64)) == 64  # no budget: the paper's
+    assert planned_ngf(DistillConfig(time_budget=600, schedule="fixed"), set(), (3, 64, 64)) == 64
+
+
 def test_user_set_keys_default_to_what_differs_from_the_defaults():
     config = DistillConfig(g_steps=7, lr=0.1)
     assert user_set_keys(config, None) == {"g_steps", "lr"}
