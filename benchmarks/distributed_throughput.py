@@ -136,7 +136,7 @@ def main() -> None:
                          for key in ("synthetic_images_per_s", "kd_samples_per_s")}
     base = summary["1 proc × 1 thread"]
     fair = summary["1 proc × 2 threads"]
-    print(f"\n| set-up | synthetic images/s | KD samples/s | synthesis ×, vs 1×1 | KD ×, vs 1×1 |")
+    print("\n| set-up | synthetic images/s | KD samples/s | synthesis ×, vs 1×1 | KD ×, vs 1×1 |")
     print("|---|---|---|---|---|")
     for name, row in summary.items():
         print(f"| {name} | {row['synthetic_images_per_s']:.0f} | {row['kd_samples_per_s']:.0f} | "

@@ -177,7 +177,7 @@ class _ScriptInstrument:
 
     def install(self) -> None:
         self._original = self.module.forward
-        setattr(self.module, "forward", self.forward)
+        self.module.forward = self.forward
 
     def remove(self) -> None:
         if self.module.__dict__.get("forward") == self.forward:
@@ -261,7 +261,7 @@ class _FxInstrument:
 
     def install(self) -> None:
         self._original = self.module.forward
-        setattr(self.module, "forward", self.forward)
+        self.module.forward = self.forward
 
     def remove(self) -> None:
         if self.module.__dict__.get("forward") == self.forward:

@@ -50,8 +50,9 @@ import numpy as np
 
 from .atomic import atomic_write, fsync_dir, sha256_file
 from .bundle_docs import deepstream_config, render_readme
-from .errors import MissingDependencyError, UserError
+from .errors import UserError, first_line
 from .interrupt import signals_deferred
+from .optional import require
 from .targets import Target, load_target
 
 __all__ = [
@@ -180,8 +181,8 @@ def make_bundle(
     Bad input raises UserError before anything is written; an existing ``out_dir`` is replaced only if it
     is a bundle.
     """
-    ort = _require("onnxruntime")
-    onnx = _require("onnx")
+    ort = require("onnxruntime")
+    onnx = require("onnx")
     tgt = load_target(target) if isinstance(target, str) else target
     precision = precision or tgt.precision
     src = Path(onnx_path)
@@ -271,11 +272,6 @@ def make_bundle(
     return {"bundle_dir": str(out), "archive": str(archive), "manifest": manifest}
 
 
-def _require(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise MissingDependencyError(name, "onnx") from None
 
 
 def _validate(src: Path, out: Path, tgt: Target, classes: Sequence[str], input_shape: Sequence[int],
@@ -394,7 +390,7 @@ def _session(ort: Any, path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - ORT raises several types for bad models
-        raise UserError(f"onnxruntime cannot load the model: {str(err).splitlines()[0] if str(err) else err}") from None
+        raise UserError(f"onnxruntime cannot load the model: {first_line(err)}") from None
 
 
 def _run(session: Any, x: np.ndarray, step: int = 64) -> np.ndarray:
@@ -508,7 +504,7 @@ def verify_bundle(
     labelled: str | os.PathLike[str] | None = None,
     max_latency_ms: float | None = None,
     min_teacher_retention: float | None = None,
-    json: bool = False,  # noqa: A002 - mirrors the CLI flag
+    json: bool = False,  # shadows the module name on purpose: it mirrors the CLI flag
     latency_seconds: float = 1.0,
     measure_latency: bool = True,
     timeout: float = 600,

@@ -568,15 +568,16 @@ def _click_errors() -> tuple[type[Exception], ...]:
     return tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line on stderr: what it says, not the library's source line that raised it."""
     text = " ".join(part.strip() for part in str(message).splitlines() if part.strip()) or category.__name__
     err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
-    import click
     import warnings
+
+    import click
 
     abort_on_signals()
     warnings.showwarning = _warning_line

@@ -16,6 +16,7 @@ from .checkpoint import CHECKPOINT
 from .config import DistillConfig
 from .errors import UserError
 from .interrupt import names_checkpoint
+from .optional import require
 
 
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
@@ -150,7 +151,7 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
     else:
         agreement = None
     if spec.runtime == "tensorrt":
-        import onnx  # noqa: F401 - fail before distilling when the bundle could not be written
+        require("onnx")  # fail before distilling when the bundle could not be written
     return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None)
 
 
@@ -317,9 +318,9 @@ def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: st
 
 def render_report(metrics: dict[str, Any], target: str) -> str:
     """A Markdown report of a compress run (accuracies, sizes, latency, gates, pictures, config, versions)."""
-    import onnxruntime
     import torch
 
+    onnxruntime = require("onnxruntime")
     pct = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
     lines = [f"# nayer-edge compress report: {target}", "",
              f"**Result: {'PASS' if metrics['passed'] else 'FAIL'}**: deployed model `{Path(metrics['deployed_model']).name}` "

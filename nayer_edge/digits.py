@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .optional import require
+
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 INPUT_SHAPE = (1, 16, 16)
 MEAN, STD = (0.5,), (0.5,)
@@ -36,9 +38,8 @@ def default_cache_dir() -> Path:
 
 def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test); x float N×1×16×16 in [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    load_digits = require("sklearn.datasets").load_digits
+    train_test_split = require("sklearn.model_selection").train_test_split
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
     images = F.interpolate(images, size=INPUT_SHAPE[1:], mode="bilinear", align_corners=False).clamp(0, 1)

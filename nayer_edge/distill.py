@@ -20,10 +20,19 @@ import numpy as np
 import torch
 
 from .atomic import atomic_torch_save, atomic_write_text, prepare_output_dir, remove_temporaries
-from .checkpoint import (CHECKPOINT, HOLDOUT, MEMORY, changed_on_resume, has_memories, planned_config, read_checkpoint,
-                         restore_memory, write_checkpoint)
+from .checkpoint import (
+    CHECKPOINT,
+    HOLDOUT,
+    MEMORY,
+    changed_on_resume,
+    has_memories,
+    planned_config,
+    read_checkpoint,
+    restore_memory,
+    write_checkpoint,
+)
 from .config import DistillConfig
-from .errors import UserError
+from .errors import UserError, first_line
 from .interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 from .normalize import NormalizedModel
 
@@ -134,7 +143,7 @@ def _check_student(student: torch.nn.Module, input_shape: tuple[int, int, int], 
             out = student.eval()(torch.zeros(2, *input_shape))
     except Exception as err:  # noqa: BLE001 - any failure of the user's model is reported as one line
         raise UserError(f"student '{spec}' rejects input shape {','.join(map(str, input_shape))}: "
-                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                        f"{first_line(err)}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"student '{spec}' must return N×{num_classes} logits, got {shape}")
@@ -174,8 +183,8 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     """
     from . import distributed
     from .evaldata import load_eval_data
-    from .teacher import load_teacher
     from .planner import user_set_keys
+    from .teacher import load_teacher
     from .zoo import build_student
 
     config = config or DistillConfig()
@@ -270,7 +279,7 @@ def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: 
 
 
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
-    detail = str(err).splitlines()[0][:200] if str(err) else ""
+    detail = first_line(err, "", 200)
     return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
                      "run without --resume")
 

@@ -257,7 +257,7 @@ def quiet_other_ranks(ctx: DistContext) -> None:
         import warnings
 
         warnings.simplefilter("ignore")
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        sys.stdout = open(os.devnull, "w")  # lives as long as the process
 
 
 def read_bytes_on_main(ctx: DistContext, paths: list[os.PathLike]) -> list[io.BytesIO]:

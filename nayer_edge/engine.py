@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .amp import Amp, backward_and_step
 from .augment import random_crop_flip

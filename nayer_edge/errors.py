@@ -12,3 +12,12 @@ class MissingDependencyError(UserError):
         super().__init__(
             f"{package} is not installed; install it with: pip install 'nayer-edge[{extra}]'"
         )
+
+
+def first_line(err: BaseException, default: str | None = None, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, at most ``limit`` characters; ``default`` (or the
+    exception's type name) when it has none. For one-line error messages that quote a library's error."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return default if default is not None else type(err).__name__

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_write
-from .errors import UserError
+from .errors import UserError, first_line
 from .strict import closest_name
 
 __all__ = ["load_eval_data", "save_npz", "IMAGE_SUFFIXES"]
@@ -106,9 +106,9 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
         if "Object arrays" in str(err) or "pickled" in str(err):
             raise UserError(f"{p}: holds Python objects, which are not loaded (they could run code); "
                             "save x and y as numeric arrays") from None
-        raise UserError(f"{p}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise UserError(f"{p}: not a readable .npz file ({first_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - numpy raises many types for a bad file
-        raise UserError(f"{p}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise UserError(f"{p}: not a readable .npz file ({first_line(err)})") from None
 
     if y_np.ndim == 2 and y_np.shape[1] == 1:
         y_np = y_np[:, 0]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .optional import require
 
 
 def read_student_spec(run_dir: str | Path) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def _student_spec_problem(spec: Any) -> str | None:
     return None
 
 
-def _first_line(err: BaseException) -> str:
+def _loading_error_line(err: BaseException) -> str:
     """The informative line of a loading error: torch puts a size mismatch on the line after its heading."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
@@ -122,7 +123,7 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
         model = None
     except Exception as err:  # noqa: BLE001
         raise UserError(f"{run_dir / 'student.pt'}: unreadable, or not the weights of the student in student.json "
-                        f"({_first_line(err)}); re-run distill") from None
+                        f"({_loading_error_line(err)}); re-run distill") from None
     if model is None:
         try:
             model = torch.jit.load(str(run_dir / "student.ts"), map_location="cpu")
@@ -188,8 +189,7 @@ def check_onnx_fits(path: Path, spec: dict[str, Any]) -> dict[str, str]:
     """UserError unless the ONNX model at ``path`` takes one N×C×H×W input and gives N×K logits for the student
     of ``spec`` (a ``student.json``): a damaged or foreign ``student.onnx`` is found before it is quantized.
     Returns its metadata."""
-    import onnx
-
+    onnx = require("onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf decode errors of every kind

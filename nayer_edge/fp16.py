@@ -12,17 +12,14 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .errors import MissingDependencyError
 from .onnx_graph import load_fp32_onnx, set_metadata, topological_order
+from .optional import require
 
 
 def to_fp16(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Write a float16 copy of ``fp32_onnx`` (float32 input/output) to ``out`` atomically; return its path."""
-    try:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError:
-        raise MissingDependencyError("onnx", "onnxruntime") from None
+    onnx = require("onnx")
+    convert_float_to_float16 = require("onnxruntime.transformers.float16").convert_float_to_float16
     model = load_fp32_onnx(fp32_onnx)
     converted = convert_float_to_float16(model, keep_io_types=True)
     graph = converted.graph

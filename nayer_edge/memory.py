@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class SampleMemory:
@@ -191,7 +191,7 @@ def _read_memory_file(path: str | Path | BinaryIO) -> tuple[np.ndarray, np.ndarr
     except Exception as err:  # noqa: BLE001 - zip, pickle and format errors of a damaged file
         if "pickle" in str(err) or "Object arrays" in str(err):
             raise refuse("it holds pickled Python objects, which are never loaded") from None
-        raise refuse(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}") from None
+        raise refuse(f"{type(err).__name__}: {first_line(err, 'unreadable')}") from None
     if images.dtype != np.uint8 or images.ndim != 4 or 0 in images.shape[1:]:
         raise refuse(f"images must be uint8 N×C×H×W, got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):

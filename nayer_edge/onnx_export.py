@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import fsync_dir
-from .errors import MissingDependencyError, UserError
+from .errors import UserError, first_line
+from .optional import require
 
 __all__ = [
     "export_onnx",
@@ -90,7 +91,7 @@ def export_onnx(
         export_onnx(student, "out/student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
                     fold_normalization=True, batch=None)
     """
-    onnx = _import("onnx")
+    onnx = require("onnx")
     from . import __version__
     from .normalize import NormalizedModel
 
@@ -193,13 +194,12 @@ def _torch_export(net: nn.Module, example: Tensor, path: Path, opset: int, dynam
             )
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001 - unsupported ops etc. in a user's model
-        raise UserError(f"cannot export {type(net).__name__} to ONNX: {_first_line(err)}") from err
+    except Exception as err:  # unsupported ops etc. in a user's model
+        raise UserError(f"cannot export {type(net).__name__} to ONNX: {first_line(err)}") from err
 
 
 def _weight_bytes(proto: Any) -> int:
-    from onnx import helper
-
+    helper = require("onnx.helper")
     total = 0
     for t in proto.graph.initializer:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -222,7 +222,7 @@ def onnx_session(path: str | os.PathLike[str], providers: Sequence[str] | None =
 
     Example: ``session = onnx_session("student.onnx", threads=4)``
     """
-    ort = _import("onnxruntime")
+    ort = require("onnxruntime")
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such ONNX file; export one with export_onnx or `nayer-edge export`")
@@ -240,7 +240,7 @@ def onnx_session(path: str | os.PathLike[str], providers: Sequence[str] | None =
     try:
         return ort.InferenceSession(str(p), sess_options=options, providers=providers)
     except Exception as err:  # noqa: BLE001 - ORT raises several types for bad files
-        raise UserError(f"{p}: not a loadable ONNX model ({_first_line(err)})") from None
+        raise UserError(f"{p}: not a loadable ONNX model ({first_line(err)})") from None
 
 
 def read_metadata(session: Any) -> dict[str, Any]:
@@ -399,13 +399,6 @@ def _run_module(model: nn.Module, inputs: Tensor, batch_size: int) -> np.ndarray
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _import(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise MissingDependencyError(name, "onnx") from None
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -431,11 +424,3 @@ def _as_float64(x: np.ndarray | Tensor) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(err).__name__

@@ -6,23 +6,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingDependencyError, UserError
+from .errors import UserError, first_line
+from .optional import require
 
 
 def load_fp32_onnx(path: str | os.PathLike[str]) -> Any:
     """The ``ModelProto`` of an FP32 ONNX file that a converter will rewrite; UserError when it is missing,
     unloadable, or already quantized."""
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("onnx", "onnxruntime") from None
+    onnx = require("onnx")
     src = Path(path)
     if not src.is_file():
         raise UserError(f"{src}: no such ONNX file; export one with `nayer-edge export`")
     try:
         model = onnx.load(str(src))
     except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
-        raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise UserError(f"{src}: not a loadable ONNX model ({first_line(err)})") from None
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise UserError(f"{src} is already quantized; give the FP32 model")
     return model

@@ -378,31 +378,39 @@ def measure_step_costs(make_distiller: Callable[[DistillConfig], Any], config: D
             # (no adversarial term) is timed at the larger batch only and scaled.
             trial = replace(config, synthesis_batch=batch, kd_batch=batch, g_steps=steps, memory_capacity=8 * batch,
                             compile=False, holdout_fraction=0.0, time_budget=None, memory_backing="ram")
-            distiller = make_distiller(trial)
-            try:
-                sample_bytes = distiller.memory.bytes_needed(1, distiller.input_shape)
-                distiller.generator = distiller.build_generator()
-                distiller.synthesize(True)
-                distiller.kd_step()
-                points["generator"].append((batch, _timed(lambda: distiller.synthesize(True), 1, distiller) / steps))
-                if batch == large:
-                    warm = _timed(lambda: distiller.synthesize(False), 1, distiller) / steps
-                    ratio = min(1.0, warm / max(points["generator"][-1][1], 1e-9))
-                    points["generator_warmup"] = [(b, t * ratio) for b, t in points["generator"]]
-                points["kd"].append((batch, _timed(distiller.kd_step, steps, distiller)))
-                images = distiller.memory.all()[0][:batch].to(distiller.device)
-
-                def forwards() -> None:
-                    with torch.no_grad():
-                        distiller.student.eval()
-                        distiller.student(images)
-                        distiller.teacher(images)
-                points["forward"].append((batch, _timed(forwards, 1, distiller)))
-            finally:
-                distiller.probe.close()
+            sample_bytes = _time_one_batch(make_distiller(trial), batch, steps, batch == large, points)
     return StepCosts(LinearCost.fit(points["generator_warmup"]), LinearCost.fit(points["generator"]),
                      LinearCost.fit(points["kd"]), LinearCost.fit(points["forward"]), sample_bytes,
                      time.perf_counter() - started, points)
+
+
+def _time_one_batch(distiller: Any, batch: int, steps: int, with_warmup: bool,
+                    points: dict[str, list[tuple[int, float]]]) -> int:
+    """Append the step costs at ``batch`` to ``points``; the bytes one sample takes in the memory."""
+    import torch
+
+    try:
+        sample_bytes = distiller.memory.bytes_needed(1, distiller.input_shape)
+        distiller.generator = distiller.build_generator()
+        distiller.synthesize(True)
+        distiller.kd_step()
+        points["generator"].append((batch, _timed(lambda: distiller.synthesize(True), 1, distiller) / steps))
+        if with_warmup:
+            warm = _timed(lambda: distiller.synthesize(False), 1, distiller) / steps
+            ratio = min(1.0, warm / max(points["generator"][-1][1], 1e-9))
+            points["generator_warmup"] = [(b, t * ratio) for b, t in points["generator"]]
+        points["kd"].append((batch, _timed(distiller.kd_step, steps, distiller)))
+        images = distiller.memory.all()[0][:batch].to(distiller.device)
+
+        def forwards() -> None:
+            with torch.no_grad():
+                distiller.student.eval()
+                distiller.student(images)
+                distiller.teacher(images)
+        points["forward"].append((batch, _timed(forwards, 1, distiller)))
+    finally:
+        distiller.probe.close()
+    return sample_bytes
 
 
 def _timed(fn: Callable[[], Any], repeats: int, distiller: Any) -> float:

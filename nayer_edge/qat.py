@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .losses import kd_divergence
 
 Layout = Literal["ort", "tensorrt"]
@@ -115,7 +115,7 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
         return fuse(copy.deepcopy(model).eval())
     except Exception as err:  # noqa: BLE001 - fx raises many types for untraceable code
         raise UserError(f"quantization-aware training needs a torch.fx-traceable student "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); use --no-qat") from None
+                        f"({type(err).__name__}: {first_line(err, limit=120)}); use --no-qat") from None
 
 
 def prepare_qat(model: nn.Module, layout: Layout) -> fx.GraphModule:

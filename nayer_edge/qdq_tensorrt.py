@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import MissingDependencyError, UserError
+from .errors import UserError
 from .onnx_graph import load_fp32_onnx, set_metadata, topological_order
+from .optional import require
 
 WEIGHT_OPS = ("Conv", "Gemm")
 MIN_OPSET = 13
@@ -39,11 +40,8 @@ MIN_OPSET = 13
 def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[str], calibration_images: Any, *,
                       max_calibration: int = 512, batch: int = 32) -> Path:
     """Write an explicit symmetric Q/DQ INT8 copy of ``fp32_onnx`` to ``out`` (atomically) and return its path."""
-    try:
-        import onnx
-        from onnx import helper, numpy_helper
-    except ImportError:
-        raise MissingDependencyError("onnx", "onnxruntime") from None
+    onnx = require("onnx")
+    helper, numpy_helper = require("onnx.helper"), require("onnx.numpy_helper")
 
     src = Path(fp32_onnx)
     model = load_fp32_onnx(src)
@@ -134,10 +132,10 @@ def _quantizable_weight(node: Any, initializers: dict[str, Any]) -> str | None:
 
 def _calibrate_amax(src: Path, names: list[str], images: np.ndarray, batch: int) -> dict[str, float]:
     """max |x| of every named tensor over the images, by running a copy of the graph that outputs them."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from .onnx_export import onnx_session
+
+    onnx = require("onnx")
+    TensorProto, helper = onnx.TensorProto, require("onnx.helper")
 
     probe = onnx.load(str(src))
     outputs = {o.name for o in probe.graph.output}

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 Layout = Literal["ort", "tensorrt"]
 DEPLOYED = "student.int8.onnx"
@@ -103,7 +103,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
                                                   qat_lr=qat_lr, show_progress=show_progress,
                                                   qat_seconds=qat_seconds)
         except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
-            qat_failure = f"its FP32 export does not match the fine-tuned model: {str(err).splitlines()[0]}"
+            qat_failure = f"its FP32 export does not match the fine-tuned model: {first_line(err)}"
         else:
             candidates["qat"] = to_int8(qat_fp32, run_dir / "student.int8-qat.onnx", calibration_images)
 

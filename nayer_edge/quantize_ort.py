@@ -46,7 +46,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import MissingDependencyError, UserError
+from .errors import UserError, first_line
+from .optional import require
 
 CalibrateMethod = Literal["minmax", "percentile", "entropy"]
 _INT_TYPES = ("uint8", "int8")
@@ -76,18 +77,10 @@ def quantize_static_ort(
 
     Example: ``quantize_static_ort("student.onnx", "student.int8.onnx", memory.all()[0])``
     """
-    try:
-        import onnx
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quant_pre_process,
-            quantize_static,
-        )
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", "onnx") from None
+    onnx, quantization = require("onnx"), require("onnxruntime.quantization")
+    CalibrationDataReader, CalibrationMethod = quantization.CalibrationDataReader, quantization.CalibrationMethod
+    QuantFormat, QuantType = quantization.QuantFormat, quantization.QuantType
+    quant_pre_process, quantize_static = quantization.quant_pre_process, quantization.quantize_static
 
     src = Path(fp32_onnx)
     if not src.is_file():
@@ -104,7 +97,7 @@ def quantize_static_ort(
     try:
         model = onnx.load(str(src), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
-        raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise UserError(f"{src}: not a loadable ONNX model ({first_line(err)})") from None
     graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(graph_inputs) != 1:
         raise UserError(f"{src}: expected one graph input, found {len(graph_inputs)}")
@@ -163,11 +156,7 @@ def int8_node_summary(onnx_path: str | os.PathLike[str], *, threads: int | None 
 
     Example: ``int8_node_summary("student.int8.onnx").get("QLinearConv", 0)``
     """
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", "onnx") from None
+    onnx, ort = require("onnx"), require("onnxruntime")
     src = Path(onnx_path)
     if not src.is_file():
         raise UserError(f"{src}: no such ONNX file")
@@ -181,7 +170,7 @@ def int8_node_summary(onnx_path: str | os.PathLike[str], *, threads: int | None 
         try:
             ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001
-            raise UserError(f"{src}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+            raise UserError(f"{src}: not a loadable ONNX model ({first_line(err)})") from None
         graph = onnx.load(options.optimized_model_filepath).graph
         return dict(sorted(Counter(node.op_type for node in graph.node).items()))
 

@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -127,11 +127,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{p}: cannot read it as UTF-8 text ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{p}: cannot read it as UTF-8 text ({first_line(err)})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{p}: not valid YAML ({first_line(err)})") from None
     except RecursionError:
         raise UserError(f"{p}: not valid YAML (nested too deeply)") from None
     if data is None:

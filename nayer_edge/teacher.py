@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import sha256_file
-from .errors import UserError
+from .errors import UserError, first_line
 from .strict import closest_name
 
 __all__ = [
@@ -245,7 +245,7 @@ def _read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     try:
         data = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{meta_path}: not valid JSON ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{meta_path}: not valid JSON ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{meta_path}: expected a JSON object with keys {', '.join(_META_KEYS)}")
     out: dict[str, Any] = {}

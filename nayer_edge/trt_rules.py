@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependencyError, UserError
+from .errors import UserError, first_line
+from .optional import require
 
 __all__ = ["tensorrt_qdq_violations", "MIN_OPSET"]
 
@@ -39,18 +40,15 @@ def tensorrt_qdq_violations(onnx_path: str | os.PathLike[str]) -> list[str]:
     scale per output channel on the output-channel axis (0 for Conv and Gemm with transB=1; 1 for
     ConvTranspose and Gemm with transB=0) and values within [-127, 127] (narrow range).
     """
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise MissingDependencyError("onnx", "onnx") from None
+    onnx = require("onnx")
+    numpy_helper = require("onnx.numpy_helper")
     path = os.fspath(onnx_path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such ONNX file")
     try:
         model = onnx.load(path)
     except Exception as err:  # noqa: BLE001 - protobuf decode errors have several types
-        raise UserError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise UserError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
 
     problems: list[str] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

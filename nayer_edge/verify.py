@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .latency import LatencyStats
 from .onnx_export import IMAGES01, NORMALISED, ParityReport
 
@@ -298,7 +298,7 @@ def _torchscript_predictor(path: Path, meta_paths: list[Path], model: _Predictor
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any loader failure is a bad file for the user
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        line = first_line(err)
         raise UserError(f"reference {path}: not a loadable TorchScript file ({line})") from None
     module.eval()
 

@@ -212,6 +212,7 @@ def test_fp16_resume_is_bitwise_identical_with_the_loss_scales_restored(digits_t
     import signal
 
     from conftest import TEST_RECIPE
+
     from nayer_edge.distill import distill
     from nayer_edge.engine import Distiller
     from nayer_edge.interrupt import Interrupted

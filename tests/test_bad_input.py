@@ -25,9 +25,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from conftest import TEST_RECIPE, TrainedTeacher, run_cli
+from torch import nn
 
 # If validation wrongly lets a case through, the run is one epoch of a few tiny steps.
 SMALL = ["--recipe", TEST_RECIPE, "--epochs", "1", "--kd-steps", "1", "--g-steps", "1", "--synthesis-batch", "10",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from nayer_edge.bundle import (  # noqa: E402
+from nayer_edge.bundle import (
     DEVICE_SCRIPTS,
     BundleIntegrityError,
     deepstream_config,
@@ -25,9 +24,9 @@ from nayer_edge.bundle import (  # noqa: E402
     make_bundle,
     verify_bundle,
 )
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.targets import load_target  # noqa: E402
-from nayer_edge.trt_rules import tensorrt_qdq_violations  # noqa: E402
+from nayer_edge.errors import UserError
+from nayer_edge.targets import load_target
+from nayer_edge.trt_rules import tensorrt_qdq_violations
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

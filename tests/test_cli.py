@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import TEST_RECIPE, REPO, run_cli
+from conftest import TEST_RECIPE, run_cli
 
 FAST = ["--epochs", "3", "--synthesis-batch", "100", "--kd-batch", "128", "--kd-steps", "40", "--g-steps", "8",
         "--student", "cnn_tiny", "--recipe", TEST_RECIPE, "--device", "cpu"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from nayer_edge.config import load_config
 from nayer_edge.distill import distill
 

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import TEST_RECIPE, run_cli
 
 FAST = ["--recipe", TEST_RECIPE, "--student", "cnn_tiny", "--epochs", "3", "--synthesis-batch", "100",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TEST_RECIPE, run_cli
+
 from nayer_edge.distributed import DistContext, LaunchEnv, launch_env, rank_seed, share_bounds
 from nayer_edge.errors import UserError
 
@@ -118,7 +118,7 @@ def test_torchrun_two_processes_match_one(digits_teacher, tmp_path, recipe):
     assert one.returncode == 0, one.stderr[-3000:]
     two = torchrun("distill", *common, "--out", str(double))
     assert two.returncode == 0, two.stderr[-3000:]
-    metrics = json.loads(two.stdout)  # one JSON document: rank 1 printed nothing
+    json.loads(two.stdout)  # one JSON document: rank 1 printed nothing
     single_metrics = json.loads(one.stdout)
 
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())

@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import train_and_save
 from torch import nn
 
-from conftest import train_and_save
 from nayer_edge.config import load_config
 from nayer_edge.distill import distill
 

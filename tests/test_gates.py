@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import TEST_RECIPE, run_cli
+
 from nayer_edge.config import DistillConfig
 from nayer_edge.distill import untrained_reason
 from nayer_edge.errors import UserError
@@ -144,7 +144,7 @@ def test_a_run_that_never_trained_fails_saying_what_budget_would_train(digits_te
                      str(out), "--eval-data", str(digits_teacher.eval_path), "--recipe", str(recipe),
                      "--student", "cnn_tiny", "--synthesis-batch", "100", "--g-steps", "4", "--device", "cpu")
     assert result.returncode == 1, result.stderr[-3000:]
-    line = next(l for l in result.stderr.splitlines() if "student_trained" in l)
+    line = next(ln for ln in result.stderr.splitlines() if "student_trained" in ln)
     assert "the student never trained: 0 KD steps" in line and "--time-budget of about" in line, line
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kd_steps"] == 0 and not metrics["passed"]

@@ -7,8 +7,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from nayer_edge.config import load_config
 
 

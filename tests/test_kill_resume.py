@@ -18,7 +18,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, TEST_RECIPE, run_cli
 
 ARGS = ["--recipe", TEST_RECIPE, "--epochs", "4", "--synthesis-batch", "40", "--kd-batch", "32", "--kd-steps", "10",

@@ -16,8 +16,17 @@ import pytest
 
 from nayer_edge.config import DistillConfig, load_config
 from nayer_edge.errors import UserError
-from nayer_edge.planner import (FIRST_STEP_SHARE, SCHEDULE_KEYS, SYNTHESIS_SHARE, LinearCost, Plan, StepCosts,
-                                needs_plan, plan_schedule, user_set_keys)
+from nayer_edge.planner import (
+    FIRST_STEP_SHARE,
+    SCHEDULE_KEYS,
+    SYNTHESIS_SHARE,
+    LinearCost,
+    Plan,
+    StepCosts,
+    needs_plan,
+    plan_schedule,
+    user_set_keys,
+)
 from tests.conftest import REPO, run_cli
 from tests.test_cli import assert_user_error
 

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from nayer_edge import plots  # noqa: E402
+from nayer_edge import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,9 +11,9 @@ from torch import nn
 
 pytest.importorskip("onnxruntime")
 
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
-from nayer_edge.qat import (  # noqa: E402
+from nayer_edge.errors import UserError
+from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
+from nayer_edge.qat import (
     ActivationQuantizer,
     calibrate,
     finetune_qat,
@@ -21,9 +21,9 @@ from nayer_edge.qat import (  # noqa: E402
     prepare_qat,
     set_quantization,
 )
-from nayer_edge.qdq_tensorrt import quantize_tensorrt  # noqa: E402
-from nayer_edge.quantize_ort import quantize_static_ort  # noqa: E402
-from nayer_edge.zoo import create_model  # noqa: E402
+from nayer_edge.qdq_tensorrt import quantize_tensorrt
+from nayer_edge.quantize_ort import quantize_static_ort
+from nayer_edge.zoo import create_model
 
 
 def _with_bn_statistics(model: nn.Module, shape: tuple[int, int, int]) -> nn.Module:

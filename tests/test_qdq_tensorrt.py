@@ -9,15 +9,15 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
+import onnx
+from onnx import numpy_helper
 
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.fp16 import to_fp16  # noqa: E402
-from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
-from nayer_edge.qdq_tensorrt import quantize_tensorrt  # noqa: E402
-from nayer_edge.trt_rules import tensorrt_qdq_violations  # noqa: E402
-from nayer_edge.zoo import create_model  # noqa: E402
+from nayer_edge.errors import UserError
+from nayer_edge.fp16 import to_fp16
+from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
+from nayer_edge.qdq_tensorrt import quantize_tensorrt
+from nayer_edge.trt_rules import tensorrt_qdq_violations
+from nayer_edge.zoo import create_model
 
 SHAPE = (3, 32, 32)
 

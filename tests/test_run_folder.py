@@ -5,8 +5,8 @@ is a UserError naming the file, raised before anything is written."""
 from __future__ import annotations
 
 import copy
-import json
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_RECIPE
 
 pytest.importorskip("transformers")

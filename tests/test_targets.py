@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
+import dataclasses
 import doctest
+import json
 from pathlib import Path
 
 import pytest
@@ -191,7 +191,7 @@ def test_valid_variants_load(tmp_path):
 
 def test_target_is_frozen():
     t = load_target("cpu-x86")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         t.batch = 1  # type: ignore[misc]
 
 
@@ -210,6 +210,7 @@ def test_docstring_examples_run():
 
 def test_targets_command_lists_every_target():
     from conftest import run_cli
+
     from nayer_edge.targets import list_targets
 
     result = run_cli("targets", "--json")

@@ -9,9 +9,8 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import TEST_RECIPE, run_cli, train_and_save
+from torch import nn
 
 STUDENT_MODULE = textwrap.dedent("""
     import torch

@@ -13,14 +13,14 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.evaldata import save_npz  # noqa: E402
-from nayer_edge.latency import LatencyStats, measure_latency, nearest_rank, onnx_latency  # noqa: E402
-from nayer_edge.normalize import NormalizedModel  # noqa: E402
-from nayer_edge.onnx_export import export_onnx  # noqa: E402
-from nayer_edge.verify import verify  # noqa: E402
+from test_onnx_export import MEAN, SHAPE, STD, tiny_student
 
-from test_onnx_export import MEAN, SHAPE, STD, tiny_student  # noqa: E402
+from nayer_edge.errors import UserError
+from nayer_edge.evaldata import save_npz
+from nayer_edge.latency import LatencyStats, measure_latency, nearest_rank, onnx_latency
+from nayer_edge.normalize import NormalizedModel
+from nayer_edge.onnx_export import export_onnx
+from nayer_edge.verify import verify
 
 FAST = {"latency_seconds": 0.05, "warmup_seconds": 0.01}
 
