@@ -373,6 +373,8 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
     channels, height, width = spec.input_shape
     distiller = Distiller(teacher_module, student_module, embeddings, config, spec.input_shape,
                           loaded.num_classes, device, memory_path=memory_path, dist=dist)
+    distiller.fit_epochs_to_clock = (plan is not None and "epochs" in plan.values
+                                     and config.time_budget is not None)
     notes = list(loaded.notes)
     if distiller.probe.num_layers == 0:
         message = ("teacher has no BatchNorm layers: running without the BN-statistics loss "

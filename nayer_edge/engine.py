@@ -29,6 +29,7 @@ from .generator import NayerGenerator, NoiseGenerator, round_targets
 from .losses import adversarial_loss, kd_divergence
 from .memory import SampleMemory
 from .performance import channels_last_input, maybe_compile, memory_device, to_channels_last, use_channels_last
+from .strict import replace
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,6 +51,7 @@ class EpochReport:
     student_accuracy: float | None = None
     lr: float = 0.0
     memory_size: int = 0
+    scheduled_epochs: int = 0  # the schedule's epoch count now (it follows the clock, see fit_epochs_to_clock)
 
     def as_row(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "wall_seconds": round(self.wall_seconds, 3), **self.losses,
@@ -134,6 +136,11 @@ class Distiller:
         # Seconds the loop may run (state.elapsed counts against it): the time budget, or what the caller leaves
         # of it after its own work before and after the loop (see nayer_edge.distill).
         self.loop_budget: float | None = config.time_budget
+        # A planned epoch count follows the clock (nayer_edge.distill sets this when the planner chose it): after
+        # each epoch past the warm-up the count is refitted to the time left at the pace of the epochs so far, so
+        # a plan made from step costs that were off (bf16's first calls, a busy machine) neither ends early with
+        # budget unspent nor runs past it.
+        self.fit_epochs_to_clock = False
         self.bn_state: dict[str, Any] | None = None
         self.state = RunState()
         # Steps whose loss was NaN/Inf (skipped, never applied) and generators rebuilt after a round in which
@@ -423,11 +430,13 @@ class Distiller:
             state.round, state.step, state.losses = 0, 0, {}
             tick()
             epoch_end_started = time.perf_counter()
+            if self.fit_epochs_to_clock and budget is not None and not state.stopped_by:
+                cfg = self._fit_epochs(budget - state.elapsed - epoch_end, state.elapsed)
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
                 losses={k: _epoch_mean(v) for k, v in losses.items()},
                 agreement=self.holdout_agreement() if self.dist.is_main else None, lr=self.learning_rate(),
-                memory_size=len(self.memory))
+                memory_size=len(self.memory), scheduled_epochs=cfg.epochs)
             if eval_data is not None:
                 # Reported, never used to choose a model.
                 report.student_accuracy = accuracy(self.student, *eval_data, device=self.device)
@@ -445,6 +454,24 @@ class Distiller:
                 checkpoint(self)
         self.student.eval()
         return state
+
+    def _fit_epochs(self, seconds_left: float, elapsed: float) -> DistillConfig:
+        """Set the epoch count to the epochs done plus as many as ``seconds_left`` holds at the mean pace of the
+        epochs after the warm-up (every rank gets rank 0's count); the last one may be cut by the budget."""
+        cfg, state = self.cfg, self.state
+        normal = state.epoch - cfg.warmup_epochs
+        if normal < 1:
+            return cfg
+        warmup_end = state.history[cfg.warmup_epochs - 1]["wall_seconds"] if cfg.warmup_epochs else 0.0
+        pace = max(1e-6, (elapsed - warmup_end) / normal)
+        epochs = float(state.epoch + max(0, round(seconds_left / pace)))
+        if self.dist.enabled:
+            epochs = self.dist.broadcast_float(epochs)
+        if int(epochs) != cfg.epochs:
+            self.cfg = cfg = replace(cfg, epochs=int(epochs))
+            kd_epochs = cfg.epochs if cfg.kd_during_warmup else max(0, cfg.epochs - cfg.warmup_epochs)
+            self.total_kd_steps = max(1, kd_epochs * cfg.kd_steps)
+        return cfg
 
     def holdout_agreement(self) -> float | None:
         if len(self.holdout) == 0:

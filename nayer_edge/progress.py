@@ -43,4 +43,5 @@ class RichProgress:
             parts.append(f"acc {report.student_accuracy:.1%}")
         if self.time_budget:
             parts.append(f"{report.wall_seconds:.0f}/{self.time_budget:.0f}s")
-        self.progress.update(self.epochs, completed=report.epoch, info=" · ".join(parts))
+        total = report.scheduled_epochs or self.progress.tasks[self.epochs].total
+        self.progress.update(self.epochs, completed=report.epoch, total=total, info=" · ".join(parts))

@@ -152,6 +152,30 @@ def test_plan_round_trips_through_json():
     assert again.costs.generator(100) == pytest.approx(plan.costs.generator(100))
 
 
+def test_planned_epochs_follow_the_clock():
+    """After the warm-up the epoch count is refitted to the time left at the pace measured so far, both ways,
+    and the learning rate's schedule with it."""
+    import torch
+
+    from nayer_edge.embeddings import onehot_embeddings
+    from nayer_edge.engine import Distiller
+    from nayer_edge.zoo import create_model
+
+    config = load_config(None, {"student": "cnn_tiny", "epochs": 8, "warmup_epochs": 1, "kd_steps": 5,
+                                "memory_capacity": 100, "device": "cpu"})
+    model = lambda: create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)  # noqa: E731
+    distiller = Distiller(model(), model(), onehot_embeddings(10), config, (1, 16, 16), 10, torch.device("cpu"))
+    distiller.state.epoch = 3
+    distiller.state.history = [{"epoch": e + 1, "wall_seconds": 10.0 * (e + 1)} for e in range(3)]
+    # Warm-up ended at 10 s, two epochs since took 20 s: 10 s each; 100 s left hold 10 more.
+    assert distiller._fit_epochs(100.0, 30.0).epochs == 13 and distiller.cfg.epochs == 13
+    assert distiller.total_kd_steps == (13 if config.kd_during_warmup else 12) * 5
+    assert distiller._fit_epochs(24.0, 30.0).epochs == 5  # 2.4 epochs left: 2 (the budget cuts the rest)
+    assert distiller._fit_epochs(-5.0, 30.0).epochs == 3  # over time: none more, never fewer than done
+    distiller.state.epoch = 1  # still in the warm-up: nothing measured yet, the count stays
+    assert distiller._fit_epochs(100.0, 10.0).epochs == 3
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 BUDGET = 60.0
@@ -168,6 +192,7 @@ def test_planned_run_keeps_its_budget(digits_teacher, tmp_path):
     wall = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
     assert wall <= BUDGET + max(0.03 * BUDGET, 10.0), wall
+    assert wall >= 0.85 * BUDGET, wall  # the planned epochs follow the clock: the budget is used, not left over
     metrics = json.loads(result.stdout)
     assert metrics["stopped_by"] in ("time_budget", "epochs") and metrics["epochs"] >= 1
     assert metrics["student_accuracy"] > 0.5  # chance is 0.1
