@@ -37,11 +37,17 @@ def test_every_extra_named_in_code_exists_in_pyproject():
         assert package in names, f"{module}: nayer-edge[{extra}] does not install {package} ({sorted(names)})"
 
 
+def _hide(monkeypatch, top: str) -> None:
+    """Make ``import top`` and ``import top.anything`` raise ImportError, even for submodules already imported."""
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")] + [top]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_missing_module_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    _hide(monkeypatch, "onnxruntime")
     with pytest.raises(MissingDependencyError, match=r"^onnxruntime is not installed; .*nayer-edge\[onnx\]'$"):
         optional.require("onnxruntime.quantization")
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    _hide(monkeypatch, "sklearn")
     with pytest.raises(MissingDependencyError, match=r"scikit-learn is not installed; .*nayer-edge\[demo\]"):
         optional.require("sklearn.datasets")
 
