@@ -47,6 +47,7 @@ VARIANTS = {
     "noise": ["--generator", "noise"],
     "onehot": ["--embedding", "onehot"],
     "bf16": ["--amp", "bf16"],
+    "fp32": ["--amp", "fp32"],
 }
 
 

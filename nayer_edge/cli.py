@@ -111,7 +111,7 @@ IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, hel
 DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help="Where to run (default: the recipe's device, else auto).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
-AmpOpt = Annotated[Optional[AmpKind], typer.Option("--amp", help="Autocast precision of distillation (default auto: bf16 on a CUDA GPU that has it, else fp32).")]
+AmpOpt = Annotated[Optional[AmpKind], typer.Option("--amp", help="Autocast precision of distillation (default auto: bf16 on a GPU or CPU that has it natively, else fp32).")]
 ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (default: on for CUDA, off on the CPU).")]
 CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (and an eager teacher); default off.")]
 

@@ -76,7 +76,7 @@ class DistillConfig:
     threads: int = 0
 
     # How one device is used (nayer_edge.amp, nayer_edge.performance); none of these changes the method.
-    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a CUDA GPU that has it, else fp32
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU or CPU has it natively
     channels_last: bool | None = None  # None: on for CUDA, off on the CPU
     compile: bool = False  # torch.compile the student (and an eager teacher)
     memory_device_budget: float = 0.25  # sample memory on the GPU if it takes at most this share of its free memory

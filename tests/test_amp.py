@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nayer_edge.amp import Amp, backward_and_step, resolve_amp
+from nayer_edge.amp import Amp, backward_and_step, cpu_has_native_bf16, resolve_amp
 from nayer_edge.bn_probe import BNProbe
 from nayer_edge.config import load_config
 from nayer_edge.errors import UserError
@@ -16,8 +16,14 @@ from nayer_edge.errors import UserError
 CPU = torch.device("cpu")
 
 
-def test_auto_is_fp32_on_the_cpu_and_names_are_checked():
-    assert resolve_amp("auto", CPU) == "fp32"
+def test_auto_follows_the_cpu_and_names_are_checked(monkeypatch):
+    assert resolve_amp("auto", CPU) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_amp("auto", CPU) == "fp32" and not cpu_has_native_bf16()
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the private probe reads as "no"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_amp("auto", CPU) == "bf16"
     assert resolve_amp("bf16", CPU) == "bf16" and resolve_amp("fp16", CPU) == "fp16"
     assert Amp.for_device("fp32", CPU).dtype is None and Amp.for_device("bf16", CPU).dtype is torch.bfloat16
     assert Amp.for_device("fp16", CPU).new_scaler() is not None and Amp.for_device("bf16", CPU).new_scaler() is None
