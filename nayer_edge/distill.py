@@ -497,6 +497,7 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         "agreement": distiller.holdout_agreement(),
         "epochs": state.epoch,
         "kd_steps": state.kd_step,
+        "kd_steps_per_epoch": config.kd_steps,
         "synthesis_rounds": int(rounds),
         "untrained": untrained,
         "wall_seconds": round(time.perf_counter() - started, 2),
@@ -550,9 +551,15 @@ def untrained_reason(config: DistillConfig, *, kd_steps: int, rounds: int, disti
                      setup_seconds: float) -> str | None:
     """One line saying that the student never took a KD step and about what budget would have let it, or None
     when it trained. The estimate counts the synthesis rounds the schedule runs before its first KD step at the
-    pace this run measured."""
-    if kd_steps > 0:
+    pace this run measured. A student stopped before it finished its first epoch of KD steps has not trained
+    either: a few steps of a cosine schedule at its peak rate teach it nothing a release can rely on."""
+    if kd_steps >= config.kd_steps:
         return None
+    if kd_steps > 0:
+        need = math.ceil(1.2 * (setup_seconds + distill_seconds * config.kd_steps / kd_steps) + 10)
+        return (f"the student never finished its first epoch: {kd_steps} of its {config.kd_steps} KD steps in "
+                f"{distill_seconds:.0f} s of distillation; a --time-budget of at most about {need} s would let it, "
+                "or leave the schedule to the planner (--schedule auto, no fixed recipe)")
     warm = config.warmup_epochs > 0
     before_kd = (config.warmup_rounds if warm else config.rounds_per_epoch) if config.kd_during_warmup else \
         config.warmup_epochs * config.warmup_rounds + config.rounds_per_epoch

@@ -1,6 +1,6 @@
 """Release gates that judge the deployed student against its teacher, not only against the stage before it.
 
-- ``student_trained``: the run took at least one KD step (a run that never trained is never a PASS).
+- ``student_trained``: the run took at least one epoch of KD steps (a run that never trained is never a PASS).
 - ``teacher_retention``: with labelled eval data, deployed top-1 ≥ ``min_teacher_retention`` × teacher top-1.
 - ``teacher_agreement_synthetic``: without eval data, the proxy: top-1 agreement of the deployed model with the
   teacher on the run's held-out synthetic samples ≥ ``min_teacher_agreement``.
@@ -42,11 +42,13 @@ def onnx_predictions(model_path: str | Path, images01: Any, batch: int = 256) ->
 
 
 def student_trained_gate(metrics: dict[str, Any]) -> Gate:
-    """At least one KD step. Run folders written before ``kd_steps`` was recorded count the KD losses."""
+    """At least one whole epoch of KD steps (a run stopped inside its first KD epoch never trained). Run folders
+    written before ``kd_steps`` was recorded count the KD losses; before ``kd_steps_per_epoch``, one step."""
     steps = metrics.get("kd_steps")
     if steps is None:
         steps = sum(1 for row in metrics.get("history", []) if row.get("loss_kd") is not None)
-    return Gate("student_trained", 1.0, float(steps), steps >= 1, rule=">=")
+    need = max(1, int(metrics.get("kd_steps_per_epoch") or 1))
+    return Gate("student_trained", float(need), float(steps), steps >= need, rule=">=")
 
 
 def teacher_gates(metrics: dict[str, Any], *, deployed_accuracy: float | None, deployed_agreement: float | None,
@@ -91,8 +93,9 @@ def failure_lines(metrics: dict[str, Any], gates: list[Gate]) -> list[str]:
         if g.passed:
             continue
         if g.name == "student_trained":
-            why = metrics.get("untrained") or ("the student never trained (0 KD steps); give a larger --time-budget "
-                                               "or leave the schedule to the planner")
+            why = metrics.get("untrained") or (f"the student never trained ({g.value:.0f} of the {g.limit:.0f} KD "
+                                               "steps of its first epoch); give a larger --time-budget or leave "
+                                               "the schedule to the planner")
         elif g.name == "teacher_retention":
             why = (f"the deployed student keeps {g.value:.1%} of the teacher's top-1 "
                    f"({metrics.get('teacher_accuracy') or 0:.2%}), below the {g.limit:.0%} required "

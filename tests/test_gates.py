@@ -66,7 +66,20 @@ def test_untrained_reason_names_a_budget_that_would_have_trained():
     during = DistillConfig(warmup_epochs=2, warmup_rounds=5, rounds_per_epoch=2, kd_during_warmup=True)
     assert "of the 5 the schedule runs" in untrained_reason(during, kd_steps=0, rounds=1, distill_seconds=10.0,
                                                             setup_seconds=0.0)
-    assert untrained_reason(config, kd_steps=1, rounds=3, distill_seconds=30.0, setup_seconds=5.0) is None
+    assert untrained_reason(config, kd_steps=config.kd_steps, rounds=3, distill_seconds=30.0,
+                            setup_seconds=5.0) is None
+
+
+def test_a_run_stopped_inside_its_first_kd_epoch_never_trained():
+    config = DistillConfig(kd_steps=100)
+    # 25 of 100 steps in 30 s after 5 s of setup: at most 1.2 × (5 + 120) + 10 = 160 s would finish the epoch.
+    line = untrained_reason(config, kd_steps=25, rounds=3, distill_seconds=30.0, setup_seconds=5.0)
+    assert line.startswith("the student never finished its first epoch: 25 of its 100 KD steps")
+    assert "at most about 160 s" in line
+    gate = student_trained_gate({"kd_steps": 25, "kd_steps_per_epoch": 100})
+    assert not gate.passed and gate.limit == 100
+    assert student_trained_gate({"kd_steps": 100, "kd_steps_per_epoch": 100}).passed
+    assert "25 of the 100 KD steps" in failure_lines({}, [gate])[0]
 
 
 def test_target_limits_are_checked(tmp_path):
