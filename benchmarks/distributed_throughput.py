@@ -2,7 +2,7 @@
 
     python benchmarks/distributed_throughput.py --repeats 3 --out benchmarks/results-distributed.json
 
-Three set-ups run the same engine code (:class:`nayer_edge.engine.Distiller`) on the same work, the
+Three set-ups run the same engine code (:class:`nayer_edge.distill.engine.Distiller`) on the same work, the
 demo recipe's shapes (random-weight ``wrn16_1`` teacher on 1×16×16, ``cnn_tiny`` student, synthesis batch
 200 with 20 generator steps, KD batch 256):
 
@@ -45,11 +45,11 @@ def worker(args: argparse.Namespace) -> None:
     """One measurement (run in a fresh process, or in each torchrun rank)."""
     import torch
 
-    from nayer_edge import distributed
-    from nayer_edge.config import load_config
-    from nayer_edge.embeddings import onehot_embeddings
-    from nayer_edge.engine import Distiller
-    from nayer_edge.normalize import NormalizedModel
+    from nayer_edge.core.normalize import NormalizedModel
+    from nayer_edge.distill.config import load_config
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.distill.run import distributed
+    from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 
     torch.set_num_threads(args.threads)
@@ -157,7 +157,7 @@ def main() -> None:
         "median": summary, "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from nayer_edge.atomic import atomic_write_text
+    from nayer_edge.core.atomic import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(record, indent=2))
     print(f"written {args.out}")

@@ -20,8 +20,8 @@ and near-constant crops are rejected.
 
 Each folder holds ``teacher.pt`` (TorchScript, eval mode, takes ``(x - mean) / std``),
 ``teacher.pt.json`` (classes, input_shape, mean, std), ``classes.txt``, ``heldout.npz``
-(``nayer_edge.evaldata.save_npz``) and ``info.json``. After saving, the script reloads
-``teacher.pt`` and ``heldout.npz`` through ``nayer_edge.evaldata.load_eval_data`` and checks that the
+(``nayer_edge.inputs.evaldata.save_npz``) and ``info.json``. After saving, the script reloads
+``teacher.pt`` and ``heldout.npz`` through ``nayer_edge.inputs.evaldata.load_eval_data`` and checks that the
 held-out top-1 is reproduced.
 """
 
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nayer_edge.evaldata import load_eval_data, save_npz  # noqa: E402
+from nayer_edge.inputs.evaldata import load_eval_data, save_npz  # noqa: E402
 
 TRAIN_FRACTION = 0.70  # left part of every photo's columns; the rest is held out
 CROP_FRACTION = (0.25, 0.60)  # crop side, as a fraction of the held-out region's shorter side

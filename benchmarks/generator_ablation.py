@@ -46,11 +46,11 @@ def main() -> None:
 
     import torch
 
-    from nayer_edge.config import load_config
-    from nayer_edge.digits import DIGIT_CLASSES, ensure_digits_teacher
-    from nayer_edge.distill import distill
-    from nayer_edge.embeddings import class_separation, encode_class_names
-    from nayer_edge.plots import save_accuracy_vs_time
+    from nayer_edge.core.plots import save_accuracy_vs_time
+    from nayer_edge.demo.digits import DIGIT_CLASSES, ensure_digits_teacher
+    from nayer_edge.distill.config import load_config
+    from nayer_edge.distill.run import distill
+    from nayer_edge.synthesis.embeddings import class_separation, encode_class_names
 
     torch.set_num_threads(2)
     teacher = ensure_digits_teacher()
@@ -85,7 +85,7 @@ def main() -> None:
               "noise_final_accuracy_mean": baseline_final, "summary": summary,
               "minilm_separation": class_separation(emb),
               "histories": {k: [m["history"] for m in v] for k, v in runs.items()}}
-    from nayer_edge.atomic import atomic_write_text
+    from nayer_edge.core.atomic import atomic_write_text
 
     atomic_write_text(args.out / "results.json", json.dumps(result, indent=2))
 

@@ -6,7 +6,7 @@ torch.compile side by side, projected to a full 300-epoch run.
 
 The teacher is a random-weight network of the recipe's architecture (speed does not depend on its weights);
 the label embeddings are one-hot (the text encoder runs once per run, not per step). Each variant builds its
-own :class:`~nayer_edge.engine.Distiller` and measures, after an untimed first round and KD steps (kernel
+own :class:`~nayer_edge.distill.engine.Distiller` and measures, after an untimed first round and KD steps (kernel
 selection, ``torch.compile``):
 
 * synthetic images/s: synthesis rounds with the adversarial term (as after warm-up), ``--rounds`` of them;
@@ -100,10 +100,10 @@ def synchronize(device) -> None:
 def measure(variant: Variant, args: argparse.Namespace, device) -> dict:
     import torch
 
-    from nayer_edge.config import load_config
-    from nayer_edge.embeddings import onehot_embeddings
-    from nayer_edge.engine import Distiller, RunState
-    from nayer_edge.normalize import NormalizedModel
+    from nayer_edge.core.normalize import NormalizedModel
+    from nayer_edge.distill.config import load_config
+    from nayer_edge.distill.engine import Distiller, RunState
+    from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 
     recipe = load_config(args.recipe)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from nayer_edge.engine import resolve_device
+    from nayer_edge.distill.performance import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs if args.repeats > 1 else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from nayer_edge.atomic import atomic_write_text
+    from nayer_edge.core.atomic import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(record, indent=2))
     print(f"written {args.out}")

@@ -43,11 +43,11 @@ def main() -> None:
 
     import torch
 
-    from nayer_edge.atomic import atomic_write_text
-    from nayer_edge.latency import onnx_latency
-    from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
-    from nayer_edge.qdq_tensorrt import quantize_tensorrt
-    from nayer_edge.quantize_ort import int8_node_summary, quantize_static_ort
+    from nayer_edge.core.atomic import atomic_write_text
+    from nayer_edge.deploy.latency import onnx_latency
+    from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session
+    from nayer_edge.quantize.ort import int8_node_summary, quantize_static_ort
+    from nayer_edge.quantize.qdq_tensorrt import quantize_tensorrt
     from nayer_edge.zoo import create_model
 
     torch.manual_seed(args.seed)
@@ -64,7 +64,7 @@ def main() -> None:
     calib = rng.random((args.calibration, *shape), dtype=np.float32)
     calib_source = "uniform random [0,1)"
     if args.samples is not None:
-        from nayer_edge.memory import SampleMemory
+        from nayer_edge.synthesis.memory import SampleMemory
 
         images, _ = SampleMemory.load(args.samples).all()
         if tuple(images.shape[1:]) == shape:

@@ -38,8 +38,8 @@ def main() -> None:
 
     import torch
 
-    from nayer_edge.atomic import atomic_write_text
-    from nayer_edge.quantize import quantize
+    from nayer_edge.core.atomic import atomic_write_text
+    from nayer_edge.quantize.run import quantize
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/soak.py --minutes 30 --out runs/soak --png benchmarks/soak.png
 
 Runs the demo's distillation (digits teacher, cached in ~/.cache/nayer-edge/demo, trained once if absent;
-demo-digits recipe; one thread) through :func:`nayer_edge.distill.distill` for a wall-clock budget, with a
+demo-digits recipe; one thread) through :func:`nayer_edge.distill.run.distill` for a wall-clock budget, with a
 checkpoint every epoch as in any run. A sampler thread records every ``--interval`` seconds the process's
 resident memory (RSS, /proc/self/statm), what the C allocator has handed out and holds free (glibc's
 ``mallinfo2``: bytes in use, free bytes kept; torch's CPU tensors live there) and what Python itself holds:
@@ -197,7 +197,7 @@ def plot(rows: list[dict[str, float]], summary: dict, path: Path) -> None:
     ax.set_title(f"soak: demo distillation, {summary['seconds'] / 60:.0f} min, "
                  f"{summary['epochs']} epochs, 1 thread", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from nayer_edge.atomic import atomic_write
+    from nayer_edge.core.atomic import atomic_write
 
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", bbox_inches="tight"))
 
@@ -216,9 +216,9 @@ def main() -> int:
 
     import torch
 
-    from nayer_edge.config import load_config
-    from nayer_edge.digits import ensure_digits_teacher
-    from nayer_edge.distill import distill
+    from nayer_edge.demo.digits import ensure_digits_teacher
+    from nayer_edge.distill.config import load_config
+    from nayer_edge.distill.run import distill
 
     torch.set_num_threads(1)
     teacher = ensure_digits_teacher()
@@ -242,7 +242,7 @@ def main() -> int:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "command": " ".join(["python", *sys.argv]), "git": git})
     args.out.mkdir(parents=True, exist_ok=True)
-    from nayer_edge.atomic import atomic_write, atomic_write_text
+    from nayer_edge.core.atomic import atomic_write, atomic_write_text
 
     def write_csv(handle):
         writer = csv.DictWriter(handle, fieldnames=list(sampler.rows[0]))
@@ -266,7 +266,7 @@ def main() -> int:
 def _label_the_training_loop(sampler: Sampler) -> None:
     """Samples taken inside Distiller.run are the ``run`` phase (the loop, with its per-epoch evaluation and
     checkpoint), those after it ``after``."""
-    from nayer_edge.engine import Distiller
+    from nayer_edge.distill.engine import Distiller
 
     run = Distiller.run
 

@@ -1,7 +1,7 @@
 """How far can the student get with the real training images? The bound data-free distillation works under.
 
 For a teacher made by ``benchmarks/eval_teachers.py``, the student is distilled from the teacher with the
-engine's own KD loss, optimizer and temperature (``nayer_edge.config`` defaults: SGD lr 0.2 cosine, momentum
+engine's own KD loss, optimizer and temperature (``nayer_edge.distill.config`` defaults: SGD lr 0.2 cosine, momentum
 0.9, KL at T = 20), but on random crops of the *real training regions* of the photos (the ones the teacher was
 trained on, with its augmentation) instead of synthetic samples. Student top-1 on the same held-out real images
 as every other figure, at a few step counts. Command::
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import eval_teachers  # noqa: E402
 
-from nayer_edge.config import load_config  # noqa: E402
-from nayer_edge.evaldata import load_eval_data  # noqa: E402
-from nayer_edge.losses import kd_divergence  # noqa: E402
+from nayer_edge.distill.config import load_config  # noqa: E402
+from nayer_edge.distill.losses import kd_divergence  # noqa: E402
+from nayer_edge.inputs.evaldata import load_eval_data  # noqa: E402
 from nayer_edge.zoo.registry import build_student  # noqa: E402
 
 

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
-from .interrupt import Interrupted, abort_on_signals
+from .core.errors import UserError
+from .core.interrupt import Interrupted, abort_on_signals
+from .inputs import run_folder as rf
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free distillation (NAYER) and edge deployment of image classifiers.")
@@ -63,7 +64,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 
 
 def _teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle) -> dict[str, Any]:
-    from .teacher import parse_classes, parse_floats, parse_shape
+    from .inputs.teacher import parse_classes, parse_floats, parse_shape
 
     return {
         "arch": arch,
@@ -92,7 +93,8 @@ def _summary(metrics: dict[str, Any], title: str) -> None:
                   f"{metrics['epochs']} epochs in {metrics['distill_seconds']:.0f} s ({metrics['stopped_by']})")
     for note in metrics.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"artefacts in {Path(metrics['artifacts']['metrics.json']).parent if 'metrics.json' in metrics['artifacts'] else Path(metrics['artifacts']['student.ts']).parent}")
+    artifacts = metrics["artifacts"]
+    console.print(f"artefacts in {Path(artifacts.get(rf.METRICS) or artifacts[rf.STUDENT_TS]).parent}")
 
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
@@ -125,7 +127,7 @@ CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", 
 def _config(recipe: str | None, options: dict[str, Any]) -> tuple[Any, set[str]]:
     """The run's config, defaults ← recipe ← the command's options (those in CONFIG_OPTIONS), and the settings the
     recipe and options chose (the planner keeps them)."""
-    from .config import chosen_keys, load_config
+    from .distill.config import chosen_keys, load_config
 
     overrides = {key: options[key] for key in CONFIG_OPTIONS if key in options}
     for key in ("generator", "embedding", "device", "amp", "schedule"):
@@ -157,7 +159,7 @@ def distill(
     schedule: ScheduleOpt = None,
 ) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
-    from .distill import distill as run_distill
+    from .distill.run import distill as run_distill
 
     config, chosen = _config(recipe, locals())
     metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
@@ -175,8 +177,8 @@ AgreementOpt = Annotated[Optional[float], typer.Option(
 
 def _fail_on_gates(metrics: dict[str, Any]) -> None:
     """Exit 1 with one line per failed gate, saying what it means, when a gate failed."""
-    from .gates import failure_lines
-    from .verify import Gate
+    from .deploy.gates import failure_lines
+    from .deploy.verify import Gate
 
     if metrics["passed"]:
         return
@@ -214,7 +216,7 @@ def compress(
     resume: ResumeOpt = False, as_json: JsonOpt = False, schedule: ScheduleOpt = None,
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
-    from .compress import compress as run_compress
+    from .deploy.compress import compress as run_compress
 
     config, chosen = _config(recipe, locals())
     metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
@@ -240,7 +242,7 @@ def _print_deployment(metrics: dict[str, Any]) -> None:
         rule = "≥" if gate.get("rule") == ">=" else "≤"
         console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {rule} {gate['limit']:.4g}) "
                       f"{'[green]pass[/]' if gate['passed'] else '[red]FAIL[/]'}")
-    console.print(f"report: {metrics['artifacts']['report.md']}")
+    console.print(f"report: {metrics['artifacts'][rf.REPORT]}")
 
 
 def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
@@ -266,7 +268,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the step costs here and print the schedule distill would run, without training."""
-    from .distill import plan as run_plan
+    from .distill.run import plan as run_plan
 
     config, chosen = _config(recipe, {**locals(), "compile": None, "schedule": None})
     result = run_plan(teacher, config=config, user_set=chosen, eval_samples=eval_samples,
@@ -274,7 +276,7 @@ def plan(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
-    from .planner import plan_table
+    from .distill.planner import plan_table
 
     console.print(plan_table(result))
     for note in result.notes:
@@ -287,7 +289,7 @@ def inspect(
     mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Show a teacher's format, size, number of classes and BatchNorm layers."""
-    from .teacher import inspect_teacher, load_teacher
+    from .inputs.teacher import inspect_teacher, load_teacher
 
     info = inspect_teacher(load_teacher(teacher, **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle)))
     if as_json:
@@ -318,8 +320,8 @@ def demo(
     resume: ResumeOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """The main job on a built-in teacher: handwritten digits, compressed without their images."""
-    from .config import chosen_keys, load_config
-    from .demo import demo as run_demo
+    from .demo.run import demo as run_demo
+    from .distill.config import chosen_keys, load_config
 
     overrides = {"time_budget": time_budget, "epochs": epochs, "seed": seed}
     config = load_config("demo-digits", overrides)
@@ -350,11 +352,11 @@ def export_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a distilled student to ONNX, checked against PyTorch in onnxruntime (or, with --target, deploy it)."""
-    from .export import export
-    from .onnx_export import ParityError
+    from .onnx_model.exporter import ParityError
+    from .onnx_model.student import export
 
     if target is not None:
-        from .compress import deploy
+        from .deploy.compress import deploy
 
         metrics = deploy(run_dir, target=target, eval_data=eval_data, precision=precision.value if precision else None,
                          qat=qat, teacher=teacher, trust_pickle=trust_pickle, trust_code=trust_code,
@@ -367,7 +369,7 @@ def export_command(
         _fail_on_gates(metrics)
         return
     try:
-        result = export(run_dir, out or run_dir / "student.onnx", batch=batch, fold_normalization=fold_normalization,
+        result = export(run_dir, out or run_dir / rf.STUDENT_ONNX, batch=batch, fold_normalization=fold_normalization,
                         opset=opset, trust_code=trust_code)
     except ParityError as err:
         err_console.print(f"export failed parity: {err}", markup=False, highlight=False, soft_wrap=True)
@@ -399,7 +401,7 @@ def quantize_command(
     as_json: JsonOpt = False,
 ) -> None:
     """INT8 for a distilled student, calibrated (and with --qat fine-tuned) on the run's synthetic samples."""
-    from .quantize import quantize
+    from .quantize.run import quantize
 
     result = quantize(run_dir, out=out, layout=layout.value, qat=qat, teacher=teacher,
                       teacher_options={"trust_pickle": trust_pickle}, calibration=calibration, eval_data=eval_data,
@@ -422,7 +424,7 @@ def quantize_command(
 def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[Path],
                    max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool,
                    teacher: Optional[Path], min_teacher_retention: Optional[float]) -> None:
-    from .bundle import verify_bundle
+    from .deploy.bundle import verify_bundle
 
     if reference is not None or max_accuracy_drop is not None or teacher is not None:
         raise UserError("a bundle carries its own reference outputs, accuracy budget and teacher's top-1: drop "
@@ -455,7 +457,7 @@ def verify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, parity and latency of an ONNX model or a bundle, with pass/fail gates (exit 1 when a gate fails)."""
-    from .verify import verify
+    from .deploy.verify import verify
 
     if model.is_dir() and (model / "manifest.json").is_file():
         _verify_bundle(model, eval_data, reference, max_accuracy_drop, max_latency_ms, as_json, teacher,
@@ -500,7 +502,7 @@ def models() -> None:
 @app.command()
 def targets(as_json: JsonOpt = False) -> None:
     """List the deployment targets (recipes/targets/*.yaml)."""
-    from .targets import describe_targets
+    from .deploy.targets import describe_targets
 
     rows = describe_targets()
     if as_json:
@@ -519,7 +521,7 @@ def targets(as_json: JsonOpt = False) -> None:
 @app.command()
 def recipes() -> None:
     """List the built-in recipes."""
-    from .config import list_recipes
+    from .distill.config import list_recipes
 
     for name in list_recipes():
         console.print(name)

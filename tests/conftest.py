@@ -29,7 +29,7 @@ class TrainedTeacher:
 
 def digits_at(shape: tuple[int, int, int]):
     """The fixed digits split, resized to C×H×W (channels repeated for RGB)."""
-    from nayer_edge.digits import load_digits_split
+    from nayer_edge.demo.digits import load_digits_split
 
     x_train, y_train, x_test, y_test = load_digits_split()
     c, h, w = shape
@@ -45,9 +45,9 @@ def train_and_save(model: torch.nn.Module, shape: tuple[int, int, int], folder: 
                    mean: float = 0.5, std: float = 0.5) -> TrainedTeacher:
     """Train ``model`` on digits (normalised input), save it as TorchScript with a metadata file and the
     held-out split as .npz."""
-    from nayer_edge.augment import random_crop_flip
-    from nayer_edge.digits import DIGIT_CLASSES
-    from nayer_edge.evaldata import save_npz
+    from nayer_edge.demo.digits import DIGIT_CLASSES
+    from nayer_edge.inputs.evaldata import save_npz
+    from nayer_edge.synthesis.augment import random_crop_flip
 
     torch.manual_seed(0)
     rng = torch.Generator().manual_seed(0)

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from nayer_edge import cli, onnx_export
-from nayer_edge.engine import Distiller
+from nayer_edge import cli
+from nayer_edge.distill.engine import Distiller
+from nayer_edge.onnx_model import exporter as onnx_export
 
 fault, nth, record = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 args = sys.argv[4:]

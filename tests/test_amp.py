@@ -1,4 +1,4 @@
-"""Mixed precision and the device-side step skipping of the distillation loop (nayer_edge.amp), on the CPU."""
+"""Mixed precision and the device-side step skipping of the distillation loop (nayer_edge.distill.amp), on the CPU."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from nayer_edge.amp import Amp, backward_and_step, cpu_has_native_bf16, resolve_amp
-from nayer_edge.bn_probe import BNProbe
-from nayer_edge.config import load_config
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
+from nayer_edge.distill.amp import Amp, backward_and_step, cpu_has_native_bf16, resolve_amp
+from nayer_edge.distill.config import load_config
+from nayer_edge.synthesis.bn_probe import BNProbe
 
 CPU = torch.device("cpu")
 
@@ -135,9 +135,9 @@ def test_bn_statistics_are_float32_under_bf16_autocast():
 
 def test_the_inner_loops_never_read_a_tensor_on_the_host(monkeypatch):
     """KD steps read nothing back; a synthesis round reads once, at its end (on a GPU each read is a wait)."""
-    from nayer_edge.embeddings import onehot_embeddings
-    from nayer_edge.engine import Distiller
-    from nayer_edge.normalize import NormalizedModel
+    from nayer_edge.core.normalize import NormalizedModel
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 
     torch.manual_seed(0)
@@ -193,8 +193,9 @@ def test_a_momentum_buffer_in_another_memory_format_is_laid_out_like_its_paramet
 
 
 def test_resume_accepts_other_device_settings(tmp_path):
-    from nayer_edge.atomic import atomic_torch_save
-    from nayer_edge.checkpoint import CHECKPOINT, read_checkpoint
+    from nayer_edge.core.atomic import atomic_torch_save
+    from nayer_edge.distill.checkpoint import read_checkpoint
+    from nayer_edge.inputs.run_folder import CHECKPOINT
 
     saved = load_config(None, {"amp": "fp32", "channels_last": False})
     atomic_torch_save(tmp_path / CHECKPOINT, {"config": saved.to_dict()})
@@ -202,7 +203,7 @@ def test_resume_accepts_other_device_settings(tmp_path):
     assert read_checkpoint(tmp_path, changed) is not None
     with pytest.raises(UserError, match="different settings"):
         read_checkpoint(tmp_path, load_config(None, {"kd_batch": 7}))
-    from nayer_edge.checkpoint import changed_on_resume
+    from nayer_edge.distill.checkpoint import changed_on_resume
 
     # Allowed, but said: the run is no longer bitwise the uninterrupted one.
     assert changed_on_resume({"config": saved.to_dict()}, changed) == [
@@ -219,9 +220,9 @@ def test_fp16_resume_is_bitwise_identical_with_the_loss_scales_restored(digits_t
 
     from conftest import TEST_RECIPE
 
-    from nayer_edge.distill import distill
-    from nayer_edge.engine import Distiller
-    from nayer_edge.interrupt import Interrupted
+    from nayer_edge.core.interrupt import Interrupted
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.distill.run import distill
 
     config = load_config(TEST_RECIPE, {"epochs": 4, "warmup_epochs": 1, "synthesis_batch": 40, "kd_batch": 32,
                                        "kd_steps": 10, "g_steps": 4, "memory_capacity": 100, "amp": "fp16",

@@ -47,7 +47,7 @@ def assert_durable(events: list[tuple[str, str]], path: Path) -> None:
 
 
 def test_atomic_write(tmp_path, durability_log):
-    from nayer_edge.atomic import atomic_write_text
+    from nayer_edge.core.atomic import atomic_write_text
 
     target = tmp_path / "metrics.json"
     atomic_write_text(target, "{}\n")
@@ -56,7 +56,7 @@ def test_atomic_write(tmp_path, durability_log):
 
 
 def test_sample_memory_save(tmp_path, durability_log):
-    from nayer_edge.memory import SampleMemory
+    from nayer_edge.synthesis.memory import SampleMemory
 
     memory = SampleMemory(8, (1, 4, 4))
     memory.add(torch.rand(5, 1, 4, 4), torch.arange(5))
@@ -67,7 +67,7 @@ def test_sample_memory_save(tmp_path, durability_log):
 
 
 def test_eval_data_npz(tmp_path, durability_log):
-    from nayer_edge.evaldata import save_npz
+    from nayer_edge.inputs.evaldata import save_npz
 
     target = tmp_path / "eval.npz"
     save_npz(target, torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2]))
@@ -78,7 +78,7 @@ def test_eval_data_npz(tmp_path, durability_log):
 
 
 def test_sample_grid(tmp_path, durability_log):
-    from nayer_edge.plots import save_sample_grid
+    from nayer_edge.core.plots import save_sample_grid
 
     target = tmp_path / "samples.png"
     save_sample_grid(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["zero", "one"], target, per_class=2)
@@ -87,7 +87,7 @@ def test_sample_grid(tmp_path, durability_log):
 
 
 def test_onnx_export(tmp_path, durability_log):
-    from nayer_edge.onnx_export import export_onnx
+    from nayer_edge.onnx_model.exporter import export_onnx
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
     target = tmp_path / "student.onnx"
@@ -96,7 +96,7 @@ def test_onnx_export(tmp_path, durability_log):
 
 
 def test_bundle_folder_swap(tmp_path, durability_log):
-    from nayer_edge.bundle import _replace_dir
+    from nayer_edge.deploy.bundle import _replace_dir
 
     out = tmp_path / "bundle"
     for generation in ("old", "new"):
@@ -110,7 +110,7 @@ def test_bundle_folder_swap(tmp_path, durability_log):
 
 
 def test_embedding_cache(tmp_path, durability_log):
-    from nayer_edge.embeddings import _save_cached
+    from nayer_edge.synthesis.embeddings import _save_cached
 
     target = tmp_path / "cache" / "lte.pt"
     _save_cached(target, torch.ones(3, 4))
@@ -119,7 +119,7 @@ def test_embedding_cache(tmp_path, durability_log):
 
 
 def test_a_folder_that_cannot_be_opened_is_not_an_error(tmp_path):
-    from nayer_edge.atomic import fsync_dir
+    from nayer_edge.core.atomic import fsync_dir
 
     fsync_dir(tmp_path / "missing")  # e.g. Windows, where folders cannot be opened for fsync
 
@@ -141,8 +141,8 @@ def test_sample_memory_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp
     stays as it was."""
     import errno
 
-    from nayer_edge.errors import UserError
-    from nayer_edge.memory import SampleMemory
+    from nayer_edge.core.errors import UserError
+    from nayer_edge.synthesis.memory import SampleMemory
 
     memory = SampleMemory(8, (1, 4, 4))
     memory.add(torch.rand(5, 1, 4, 4), torch.arange(5))

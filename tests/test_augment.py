@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nayer_edge.augment import random_crop_flip
+from nayer_edge.synthesis.augment import random_crop_flip
 
 
 def seeded(seed: int) -> torch.Generator:

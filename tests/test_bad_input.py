@@ -182,8 +182,8 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
     (d / "target_key.yaml").write_text(target + "max_latncy_ms: 3\n")
     (d / "target_type.yaml").write_text(target.replace("batch: 32", "batch: thirty-two"))
 
-    from nayer_edge.digits import DIGIT_CLASSES
-    from nayer_edge.onnx_export import export_onnx
+    from nayer_edge.demo.digits import DIGIT_CLASSES
+    from nayer_edge.onnx_model.exporter import export_onnx
 
     student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16).eval()
     onnx = export_onnx(student, d / "student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
@@ -203,7 +203,7 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
         "input_shape": [1, 16, 16], "mean": [0.5], "std": [0.5], "classes": DIGIT_CLASSES}))
 
     # Run folders with a damaged synthetic memory or checkpoint.
-    from nayer_edge.memory import SampleMemory
+    from nayer_edge.synthesis.memory import SampleMemory
 
     memory_run = d / "memory_run"
     memory_run.mkdir()
@@ -231,7 +231,7 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
         save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / name)
     (d / "list_checkpoint_run").mkdir()
     torch.save([1, 2, 3], d / "list_checkpoint_run" / "checkpoint.pt")
-    from nayer_edge.config import load_config
+    from nayer_edge.distill.config import load_config
 
     settings = load_config(TEST_RECIPE, {"epochs": 1, "kd_steps": 1, "g_steps": 1, "synthesis_batch": 10,
                                          "kd_batch": 8, "student": "cnn_tiny", "device": "cpu", "embedding": "onehot"})
@@ -245,7 +245,7 @@ def make_bad_bundles(d: Path, onnx: Path, classes: list[str]) -> None:
     """A good Jetson bundle, then copies with a file missing, a file changed, an engine stamped for another
     GPU and TensorRT, and an engine without a stamp (an engine must be one this machine can run)."""
 
-    from nayer_edge.bundle import make_bundle
+    from nayer_edge.deploy.bundle import make_bundle
 
     good = d / "bundle_good"
     make_bundle(onnx, good, target="jetson-orin-nx", precision="fp32", classes=classes, input_shape=(1, 16, 16),
@@ -655,8 +655,8 @@ def test_out_not_writable(kit, tmp_path):
 def test_atomic_writer_keeps_the_old_file_when_the_disk_is_full(tmp_path, monkeypatch):
     """Disk full at the library level: an ENOSPC while writing leaves the earlier file intact and no
     temporary file behind, and says so in one line (the CLI-level run on a real full disk is the tmpfs test below)."""
-    from nayer_edge import atomic
-    from nayer_edge.errors import UserError
+    from nayer_edge.core import atomic
+    from nayer_edge.core.errors import UserError
 
     target = tmp_path / "metrics.json"
     target.write_text("earlier")

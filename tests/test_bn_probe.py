@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nayer_edge.bn_probe import BNProbe, BNStat, bn_statistics_loss
+from nayer_edge.synthesis.bn_probe import BNProbe, BNStat, bn_statistics_loss
 
 BATCH = 4
 

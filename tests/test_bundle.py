@@ -1,4 +1,4 @@
-"""The deploy bundle (nayer_edge.bundle) and TensorRT's Q/DQ rules (nayer_edge.trt_rules), on real small ONNX
+"""The deploy bundle (nayer_edge.deploy.bundle) and TensorRT's Q/DQ rules (nayer_edge.quantize.trt_rules), on real small ONNX
 models: a cnn_tiny exported with normalisation folded, its TensorRT-style INT8 graph and onnxruntime's U8S8."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from nayer_edge.bundle import (
+from nayer_edge.core.errors import UserError
+from nayer_edge.deploy.bundle import (
     DEVICE_SCRIPTS,
     BundleIntegrityError,
     deepstream_config,
@@ -24,9 +25,8 @@ from nayer_edge.bundle import (
     make_bundle,
     verify_bundle,
 )
-from nayer_edge.errors import UserError
-from nayer_edge.targets import load_target
-from nayer_edge.trt_rules import tensorrt_qdq_violations
+from nayer_edge.deploy.targets import load_target
+from nayer_edge.quantize.trt_rules import tensorrt_qdq_violations
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -34,7 +34,7 @@ SHAPE = (1, 16, 16)
 
 
 def _build_trt_style(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
-    from nayer_edge.qdq_tensorrt import quantize_tensorrt
+    from nayer_edge.quantize.qdq_tensorrt import quantize_tensorrt
 
     return quantize_tensorrt(fp32, out, calibration)
 
@@ -42,8 +42,8 @@ def _build_trt_style(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """FP32 (folded normalisation, dynamic batch), TensorRT-style INT8, ORT U8S8 INT8, and an opset-12 graph."""
-    from nayer_edge.onnx_export import export_onnx
-    from nayer_edge.quantize_ort import quantize_static_ort
+    from nayer_edge.onnx_model.exporter import export_onnx
+    from nayer_edge.quantize.ort import quantize_static_ort
     from nayer_edge.zoo import create_model
 
     folder = tmp_path_factory.mktemp("bundle_models")
@@ -155,7 +155,7 @@ def test_bundle_contents_and_manifest(int8_bundle, models):
     ref = np.load(folder / "reference.npz")
     assert ref["inputs"].shape == (24, *SHAPE) and ref["logits"].shape == (24, 10)
     # The references are the INT8 model's own onnxruntime outputs, not the FP32 model's.
-    from nayer_edge.onnx_export import onnx_session, run_session
+    from nayer_edge.onnx_model.exporter import onnx_session, run_session
 
     int8_logits = run_session(onnx_session(models["trt"]), ref["inputs"])
     np.testing.assert_allclose(ref["logits"], int8_logits, atol=1e-5)
@@ -447,7 +447,7 @@ def test_the_device_scripts_change_only_with_the_version():
     import hashlib
 
     import nayer_edge
-    from nayer_edge.bundle import DEVICE_SCRIPTS, device_scripts_dir
+    from nayer_edge.deploy.bundle import DEVICE_SCRIPTS, device_scripts_dir
 
     digest = hashlib.sha256()
     for name in sorted(DEVICE_SCRIPTS):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nayer_edge.checkpoint import memory_state, restore_memory
-from nayer_edge.memory import SampleMemory
+from nayer_edge.distill.checkpoint import memory_state, restore_memory
+from nayer_edge.synthesis.memory import SampleMemory
 
 SHAPE = (1, 3, 3)
 

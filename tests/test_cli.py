@@ -172,8 +172,8 @@ def test_recipe_device_wins_unless_the_flag_is_given(command, flag, expected, tm
     default of its own that would silently replace the recipe's)."""
     from typer.testing import CliRunner
 
-    import nayer_edge.compress
-    import nayer_edge.distill
+    import nayer_edge.deploy.compress
+    import nayer_edge.distill.run
     from nayer_edge.cli import app
 
     seen = {}
@@ -185,8 +185,8 @@ def test_recipe_device_wins_unless_the_flag_is_given(command, flag, expected, tm
         seen["device"] = config.device
         raise Stop
 
-    monkeypatch.setattr(nayer_edge.distill, "distill", capture)
-    monkeypatch.setattr(nayer_edge.compress, "compress", capture)
+    monkeypatch.setattr(nayer_edge.distill.run, "distill", capture)
+    monkeypatch.setattr(nayer_edge.deploy.compress, "compress", capture)
     recipe = tmp_path / "on-cpu.yaml"
     recipe.write_text(Path(TEST_RECIPE).read_text() + "device: cpu\n")
     result = CliRunner().invoke(app, [command, str(tmp_path / "teacher.pt"), "--recipe", str(recipe), *flag])

@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from nayer_edge.config import load_config
-from nayer_edge.distill import distill
+from nayer_edge.distill.config import load_config
+from nayer_edge.distill.run import distill
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_diverged_qat_leaves_the_ptq_model_deployed(distilled, digits_teacher, t
     and quantize deploys the PTQ model, saying why, instead of dying or shipping garbage."""
     import shutil
 
-    from nayer_edge.quantize import quantize
+    from nayer_edge.quantize.run import quantize
 
     run_dir = tmp_path / "run"
     shutil.copytree(distilled[0], run_dir)

@@ -47,7 +47,7 @@ def test_compress_cpu_int8_passes(released):
 
 
 def test_deploy_for_jetson_makes_a_checked_bundle(released, digits_teacher, tmp_path):
-    from nayer_edge.trt_rules import tensorrt_qdq_violations
+    from nayer_edge.quantize.trt_rules import tensorrt_qdq_violations
 
     source, _ = released
     run_dir = tmp_path / "run"

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from nayer_edge.config import DistillConfig, list_recipes, load_config
-from nayer_edge.errors import UserError
-from nayer_edge.strict import closest_name, from_dict, replace
+from nayer_edge.core.errors import UserError
+from nayer_edge.core.strict import closest_name, from_dict, replace
+from nayer_edge.distill.config import DistillConfig, list_recipes, load_config
 
 
 def test_defaults_are_the_papers_cifar10_settings():

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO, TEST_RECIPE, run_cli
 
-from nayer_edge.distributed import DistContext, LaunchEnv, launch_env, rank_seed, share_bounds
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
+from nayer_edge.distill.distributed import DistContext, LaunchEnv, launch_env, rank_seed, share_bounds
 
 two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="2-process tests need at least 2 CPU cores")
 

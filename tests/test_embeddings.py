@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nayer_edge import embeddings as E
-from nayer_edge.errors import MissingDependencyError, UserError
+from nayer_edge.core.errors import MissingDependencyError, UserError
+from nayer_edge.synthesis import embeddings as E
 
 DIGITS = [str(d) for d in range(10)]
 WORDS = "zero one two three four five six seven eight nine".split()

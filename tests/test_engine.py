@@ -11,8 +11,8 @@ import torch
 from conftest import train_and_save
 from torch import nn
 
-from nayer_edge.config import load_config
-from nayer_edge.distill import distill
+from nayer_edge.distill.config import load_config
+from nayer_edge.distill.run import distill
 
 TINY = {"student": "cnn_tiny", "epochs": 2, "warmup_epochs": 1, "warmup_rounds": 2, "rounds_per_epoch": 1,
         "g_steps": 6, "synthesis_batch": 60, "kd_batch": 64, "kd_steps": 20, "device": "cpu", "time_budget": None,
@@ -175,7 +175,7 @@ def test_round_without_finite_step_rebuilds_generator(digits_teacher, tmp_path, 
     (metrics.json 'nonfinite' and the run's notes); the other rounds and the student are unaffected."""
     import shutil
 
-    from nayer_edge.engine import Distiller
+    from nayer_edge.distill.engine import Distiller
     from nayer_edge.zoo import create_model
 
     net = create_model("cnn_small", num_classes=10, in_channels=1, input_size=16)

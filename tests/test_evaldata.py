@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nayer_edge.errors import UserError
-from nayer_edge.evaldata import load_eval_data, save_npz
+from nayer_edge.core.errors import UserError
+from nayer_edge.inputs.evaldata import load_eval_data, save_npz
 
 CLASSES = ["cat", "dog", "frog"]
 

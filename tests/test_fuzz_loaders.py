@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
 
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -65,7 +65,7 @@ def teacher_files(workdir) -> dict[str, bytes]:
 
 
 def load_or_user_error(path: Path, **kw) -> None:
-    from nayer_edge.teacher import load_teacher
+    from nayer_edge.inputs.teacher import load_teacher
 
     try:
         teacher = load_teacher(path, input_shape=(1, 8, 8), **kw)
@@ -123,7 +123,7 @@ def test_teacher_metadata(workdir, teacher_files, meta, raw, meta_name):
     folder = fresh(workdir)
     (folder / "t.pt").write_bytes(teacher_files["t.pt"])
     (folder / meta_name).write_bytes(raw if raw is not None else json.dumps(meta).encode())
-    from nayer_edge.teacher import load_teacher
+    from nayer_edge.inputs.teacher import load_teacher
 
     try:
         load_teacher(folder / "t.pt")
@@ -164,7 +164,7 @@ def arrays(draw, ndim_max=5):
 @example(x=np.zeros((2, 1, 0, 4), np.float32), y=np.zeros(2, np.int64), keys=("x", "y"), shape=(1, 8, 8),
          with_classes=False)
 def test_eval_npz(workdir, x, y, keys, shape, with_classes):
-    from nayer_edge.evaldata import load_eval_data
+    from nayer_edge.inputs.evaldata import load_eval_data
 
     path = fresh(workdir) / "eval.npz"
     arrays_ = dict(zip(keys, (x, y) if keys != ("y",) else (y,)))
@@ -184,7 +184,7 @@ def test_eval_npz(workdir, x, y, keys, shape, with_classes):
 @given(data=st.binary(max_size=2048), as_image=st.booleans())
 def test_eval_random_files(workdir, data, as_image):
     """Random bytes as an .npz, or as an image in a class folder."""
-    from nayer_edge.evaldata import load_eval_data
+    from nayer_edge.inputs.evaldata import load_eval_data
 
     folder = fresh(workdir)
     if as_image:
@@ -205,7 +205,7 @@ def test_eval_random_files(workdir, data, as_image):
 def config_keys() -> list[str]:
     import dataclasses
 
-    from nayer_edge.config import DistillConfig
+    from nayer_edge.distill.config import DistillConfig
 
     return [f.name for f in dataclasses.fields(DistillConfig)]
 
@@ -227,8 +227,8 @@ def config_dicts() -> st.SearchStrategy:
 @example(raw={"time_budget": float("nan")})
 @example(raw={"epochs": 10**30, "lr": "4e-3"})
 def test_strict_config_from_dict(raw):
-    from nayer_edge.config import DistillConfig
-    from nayer_edge.strict import from_dict
+    from nayer_edge.core.strict import from_dict
+    from nayer_edge.distill.config import DistillConfig
 
     try:
         config = from_dict(DistillConfig, raw)
@@ -252,7 +252,7 @@ def test_strict_config_from_dict(raw):
 @example(text="1: 2\n", raw=None)
 @example(text="\"ep\\nochs\": 3\n", raw=None)
 def test_recipe_yaml(workdir, text, raw):
-    from nayer_edge.config import load_config
+    from nayer_edge.distill.config import load_config
 
     path = fresh(workdir) / "recipe.yaml"
     if raw is not None:
@@ -274,7 +274,7 @@ def test_recipe_yaml(workdir, text, raw):
 def test_target_yaml(workdir, doc):
     import yaml
 
-    from nayer_edge.targets import load_target
+    from nayer_edge.deploy.targets import load_target
 
     path = fresh(workdir) / "target.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -291,9 +291,9 @@ def test_target_yaml(workdir, doc):
 def bundle(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from nayer_edge.bundle import make_bundle
-    from nayer_edge.onnx_export import export_onnx
-    from nayer_edge.targets import load_target
+    from nayer_edge.deploy.bundle import make_bundle
+    from nayer_edge.deploy.targets import load_target
+    from nayer_edge.onnx_model.exporter import export_onnx
     from nayer_edge.zoo import create_model
 
     folder = tmp_path_factory.mktemp("fuzz_bundle")
@@ -312,7 +312,7 @@ def bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle_io():
-    from nayer_edge.bundle import _device_module
+    from nayer_edge.deploy.bundle import _device_module
 
     return _device_module("bundle_io")
 
@@ -360,7 +360,7 @@ def test_bundle_manifest_fields(bundle, bundle_io, path, value, reseal):
        | st.binary(max_size=300))
 def test_verify_bundle_random_manifest(bundle, content):
     """A random manifest.json through the library's verify_bundle: a UserError (BundleIntegrityError is one)."""
-    from nayer_edge.bundle import verify_bundle
+    from nayer_edge.deploy.bundle import verify_bundle
 
     folder = copy_bundle(bundle)
     try:
@@ -375,7 +375,7 @@ def test_verify_bundle_random_manifest(bundle, content):
 @given(data=st.data())
 def test_verify_bundle_changed_file(bundle, data):
     """Any listed file truncated, extended or with flipped bytes: refused naming that file."""
-    from nayer_edge.bundle import BundleIntegrityError, verify_bundle
+    from nayer_edge.deploy.bundle import BundleIntegrityError, verify_bundle
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     name = data.draw(st.sampled_from(sorted(manifest["files"])))

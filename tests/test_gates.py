@@ -8,10 +8,10 @@ import shutil
 import pytest
 from conftest import TEST_RECIPE, run_cli
 
-from nayer_edge.config import DistillConfig
-from nayer_edge.distill import untrained_reason
-from nayer_edge.errors import UserError
-from nayer_edge.gates import failure_lines, release_summary, student_trained_gate, teacher_gates
+from nayer_edge.core.errors import UserError
+from nayer_edge.deploy.gates import failure_lines, release_summary, student_trained_gate, teacher_gates
+from nayer_edge.distill.config import DistillConfig
+from nayer_edge.distill.run import untrained_reason
 
 FAST = ["--recipe", TEST_RECIPE, "--student", "cnn_tiny", "--synthesis-batch", "100", "--kd-batch", "128",
         "--g-steps", "8", "--device", "cpu"]
@@ -83,8 +83,8 @@ def test_a_run_stopped_inside_its_first_kd_epoch_never_trained():
 
 
 def test_target_limits_are_checked(tmp_path):
-    from nayer_edge.compress import plan_deployment
-    from nayer_edge.targets import load_target
+    from nayer_edge.deploy.compress import plan_deployment
+    from nayer_edge.deploy.targets import load_target
 
     assert load_target("cpu-x86").min_teacher_retention == 0.9
     assert load_target("jetson").min_teacher_agreement == 0.9

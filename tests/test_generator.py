@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nayer_edge.generator import Decoder, NayerGenerator, NoiseGenerator, NoisyLayer, round_targets
+from nayer_edge.synthesis.generator import Decoder, NayerGenerator, NoiseGenerator, NoisyLayer, round_targets
 
 K = 10  # classes
 EMBED_DIM = 12

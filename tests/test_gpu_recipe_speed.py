@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from nayer_edge.config import load_config
+from nayer_edge.distill.config import load_config
 
 
 def _bench():

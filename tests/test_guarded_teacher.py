@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from nayer_edge.distill import GuardedTeacher
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
+from nayer_edge.distill.run import GuardedTeacher
 
 
 class FixedBatchMatmul(nn.Module):

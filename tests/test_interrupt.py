@@ -9,7 +9,7 @@ import time
 import pytest
 
 from nayer_edge.cli import _interrupted_line
-from nayer_edge.interrupt import Interrupted, graceful_stop
+from nayer_edge.core.interrupt import Interrupted, graceful_stop
 
 
 def _deliver(signum: int) -> None:
@@ -51,7 +51,7 @@ def test_interrupted_lines():
 
 
 def test_signals_in_a_deferred_block_arrive_after_it():
-    from nayer_edge.interrupt import abort_on_signals, signals_deferred
+    from nayer_edge.core.interrupt import abort_on_signals, signals_deferred
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     abort_on_signals()
@@ -70,7 +70,7 @@ def test_signals_in_a_deferred_block_arrive_after_it():
 
 
 def test_an_abort_names_the_checkpoint_on_disk(tmp_path):
-    from nayer_edge.interrupt import names_checkpoint
+    from nayer_edge.core.interrupt import names_checkpoint
 
     with pytest.raises(Interrupted) as raised, names_checkpoint(tmp_path / "checkpoint.pt"):
         raise Interrupted(signal.SIGINT, graceful=False)
@@ -84,7 +84,7 @@ def test_an_abort_names_the_checkpoint_on_disk(tmp_path):
 
 
 def test_remove_temporaries_clears_staging_folders_and_keeps_the_rest(tmp_path):
-    from nayer_edge.atomic import remove_temporaries
+    from nayer_edge.core.atomic import remove_temporaries
 
     for name in (".checkpoint.pt.abc.tmp", "samples.npz.tmp"):
         (tmp_path / name).write_bytes(b"partial")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from nayer_edge.losses import adversarial_loss, kd_divergence
+from nayer_edge.distill.losses import adversarial_loss, kd_divergence
 
 
 def logits(n: int = 8, k: int = 10, seed: int = 0, scale: float = 3.0) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nayer_edge.memory import SampleMemory
+from nayer_edge.synthesis.memory import SampleMemory
 
 SHAPE = (1, 2, 3)
 
@@ -285,7 +285,7 @@ def _saved(tmp_path, **arrays):
 def test_a_damaged_memory_file_is_one_user_error_naming_it(tmp_path, damage, words):
     """samples.npz / holdout.npz come from a run folder: a damaged or foreign one is refused in words, never
     unpickled, never a numpy or zip traceback."""
-    from nayer_edge.errors import UserError
+    from nayer_edge.core.errors import UserError
 
     path = tmp_path / "samples.npz"
     if damage == "random":

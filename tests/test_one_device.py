@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nayer_edge.config import load_config
-from nayer_edge.distill import distill
-from nayer_edge.memory import SampleMemory
+from nayer_edge.distill.config import load_config
+from nayer_edge.distill.run import distill
+from nayer_edge.synthesis.memory import SampleMemory
 
 TINY = {"student": "cnn_tiny", "epochs": 2, "warmup_epochs": 1, "warmup_rounds": 2, "rounds_per_epoch": 1,
         "g_steps": 6, "synthesis_batch": 60, "kd_batch": 64, "kd_steps": 20, "device": "cpu", "time_budget": None,
@@ -112,9 +112,9 @@ def test_cuda_memory_over_budget_stays_on_the_host_pinned(digits_teacher, tmp_pa
 @pytest.mark.parametrize("budget", [0.25, 0.0], ids=["memory-on-gpu", "memory-on-host"])
 def test_cuda_kd_steps_never_wait_for_the_gpu(budget):
     """torch's sync debug mode raises on any operation that makes the host wait for the GPU."""
-    from nayer_edge.embeddings import onehot_embeddings
-    from nayer_edge.engine import Distiller
-    from nayer_edge.normalize import NormalizedModel
+    from nayer_edge.core.normalize import NormalizedModel
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 
     torch.manual_seed(0)

@@ -14,9 +14,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from nayer_edge import __version__  # noqa: E402
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.normalize import NormalizedModel  # noqa: E402
-from nayer_edge.onnx_export import (  # noqa: E402
+from nayer_edge.core.errors import UserError  # noqa: E402
+from nayer_edge.core.normalize import NormalizedModel  # noqa: E402
+from nayer_edge.onnx_model.exporter import (  # noqa: E402
     ParityError,
     check_parity,
     compare_logits,
@@ -198,7 +198,7 @@ def test_export_uses_eval_mode_and_restores_train_mode(tmp_path):
 
 
 def test_missing_onnx_names_the_extra(student, tmp_path, monkeypatch):
-    from nayer_edge.errors import MissingDependencyError
+    from nayer_edge.core.errors import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
     with pytest.raises(MissingDependencyError, match=r"nayer-edge\[onnx\]"):

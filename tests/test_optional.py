@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from nayer_edge import optional
-from nayer_edge.errors import MissingDependencyError
+from nayer_edge.core import optional
+from nayer_edge.core.errors import MissingDependencyError
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "nayer_edge"
@@ -81,4 +81,4 @@ def test_no_module_imports_an_optional_dependency_directly():
             # Annotations-only imports never run; everything else must go through optional.require.
             if top in optional.EXTRAS:
                 offenders.append(f"{path.relative_to(REPO)}:{line}: import {top}")
-    assert not offenders, "import these through nayer_edge.optional.require:\n" + "\n".join(offenders)
+    assert not offenders, "import these through nayer_edge.core.optional.require:\n" + "\n".join(offenders)

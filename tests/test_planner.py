@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from nayer_edge.config import DistillConfig, load_config
-from nayer_edge.errors import UserError
-from nayer_edge.planner import (
+from nayer_edge.core.errors import UserError
+from nayer_edge.distill.config import DistillConfig, load_config
+from nayer_edge.distill.planner import (
     FIRST_STEP_SHARE,
     SCHEDULE_KEYS,
     SYNTHESIS_SHARE,
@@ -102,7 +102,7 @@ def test_user_set_values_survive(chosen):
 
 
 def test_the_generator_is_narrowed_for_larger_images_only_with_a_budget():
-    from nayer_edge.planner import planned_ngf
+    from nayer_edge.distill.planner import planned_ngf
 
     budgeted = DistillConfig(time_budget=600)
     assert [planned_ngf(budgeted, set(), (3, s, s)) for s in (16, 28, 32, 48, 64, 224)] == [64, 64, 64, 32, 16, 16]
@@ -157,8 +157,8 @@ def test_planned_epochs_follow_the_clock():
     and the learning rate's schedule with it."""
     import torch
 
-    from nayer_edge.embeddings import onehot_embeddings
-    from nayer_edge.engine import Distiller
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 
     config = load_config(None, {"student": "cnn_tiny", "epochs": 8, "warmup_epochs": 1, "kd_steps": 5,

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from nayer_edge import plots
+from nayer_edge.core import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +96,7 @@ def test_overwrite_is_atomic_replace(tmp_path):
 def test_does_not_touch_pyplot(tmp_path):
     # Drawing goes through Figure + the Agg canvas, so a caller's pyplot backend is never switched.
     code = (
-        "import sys, torch; from nayer_edge import plots; "
+        "import sys, torch; from nayer_edge.core import plots; "
         f"plots.save_training_curves([{{'epoch': 0, 'loss_kd': 1.0}}], {str(tmp_path / 'c.png')!r}); "
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
@@ -107,11 +107,11 @@ def test_a_kill_mid_write_leaves_a_temporary_that_the_next_run_clears(tmp_path):
     """Killed while the PNG is being written (the process dies, no except clause runs): what is left is a
     temporary file named like every other atomic write's, which remove_temporaries (run at the start of a run)
     clears; the figure already there is untouched."""
-    from nayer_edge.atomic import remove_temporaries
+    from nayer_edge.core.atomic import remove_temporaries
 
     (tmp_path / "curves.png").write_bytes(b"earlier")
     code = (
-        "import os; from matplotlib.figure import Figure; from nayer_edge import plots\n"
+        "import os; from matplotlib.figure import Figure; from nayer_edge.core import plots\n"
         "def dying_savefig(self, fh, **kwargs):\n"
         "    fh.write(b'\\x89PNG partial'); fh.flush(); os._exit(9)\n"
         "Figure.savefig = dying_savefig\n"

@@ -11,9 +11,10 @@ from torch import nn
 
 pytest.importorskip("onnxruntime")
 
-from nayer_edge.errors import UserError
-from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
-from nayer_edge.qat import (
+from nayer_edge.core.errors import UserError
+from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session
+from nayer_edge.quantize.ort import quantize_static_ort
+from nayer_edge.quantize.qat import (
     ActivationQuantizer,
     calibrate,
     finetune_qat,
@@ -21,8 +22,7 @@ from nayer_edge.qat import (
     prepare_qat,
     set_quantization,
 )
-from nayer_edge.qdq_tensorrt import quantize_tensorrt
-from nayer_edge.quantize_ort import quantize_static_ort
+from nayer_edge.quantize.qdq_tensorrt import quantize_tensorrt
 from nayer_edge.zoo import create_model
 
 
@@ -102,9 +102,9 @@ def test_ort_simulation_tracks_onnxruntime_int8(tmp_path):
 def test_finetuning_lowers_the_quantized_kd_loss(digits_teacher, tmp_path):
     from conftest import train_and_save
 
-    from nayer_edge.digits import load_digits_split
-    from nayer_edge.losses import kd_divergence
-    from nayer_edge.teacher import load_teacher
+    from nayer_edge.demo.digits import load_digits_split
+    from nayer_edge.distill.losses import kd_divergence
+    from nayer_edge.inputs.teacher import load_teacher
 
     teacher = load_teacher(digits_teacher.path)
     x_train = load_digits_split()[0][:512]
@@ -135,8 +135,8 @@ def test_default_qat_brings_int8_closer_to_the_fp32_student(tmp_path, layout):
     (On held-out synthetic samples, BENCHMARKS.md section 5.)"""
     from conftest import train_and_save
 
-    from nayer_edge.digits import load_digits_split
-    from nayer_edge.losses import kd_divergence
+    from nayer_edge.demo.digits import load_digits_split
+    from nayer_edge.distill.losses import kd_divergence
 
     student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
     train_and_save(student, (1, 16, 16), tmp_path, epochs=1)
@@ -168,7 +168,7 @@ def test_qat_blending_in_the_teacher_needs_its_logits():
 
 
 def test_deployed_int8_is_the_one_closer_to_fp32():
-    from nayer_edge.quantize import _choose
+    from nayer_edge.quantize.run import _choose
 
     assert _choose({"ptq": {"fp32_kl": 3e-4}})[0] == "ptq"
     assert _choose({"ptq": {"fp32_kl": 3e-4}, "qat": {"fp32_kl": 1e-4}})[0] == "qat"

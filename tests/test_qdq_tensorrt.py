@@ -12,11 +12,11 @@ pytest.importorskip("onnxruntime")
 import onnx
 from onnx import numpy_helper
 
-from nayer_edge.errors import UserError
-from nayer_edge.fp16 import to_fp16
-from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session
-from nayer_edge.qdq_tensorrt import quantize_tensorrt
-from nayer_edge.trt_rules import tensorrt_qdq_violations
+from nayer_edge.core.errors import UserError
+from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session
+from nayer_edge.onnx_model.fp16 import to_fp16
+from nayer_edge.quantize.qdq_tensorrt import quantize_tensorrt
+from nayer_edge.quantize.trt_rules import tensorrt_qdq_violations
 from nayer_edge.zoo import create_model
 
 SHAPE = (3, 32, 32)

@@ -11,9 +11,9 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto  # noqa: E402
 
-from nayer_edge.errors import UserError  # noqa: E402
-from nayer_edge.onnx_export import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
-from nayer_edge.quantize_ort import int8_node_summary, quantize_static_ort  # noqa: E402
+from nayer_edge.core.errors import UserError  # noqa: E402
+from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
+from nayer_edge.quantize.ort import int8_node_summary, quantize_static_ort  # noqa: E402
 from nayer_edge.zoo import create_model  # noqa: E402
 
 SHAPE = (1, 16, 16)

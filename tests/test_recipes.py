@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nayer_edge.config import RECIPES_DIR, list_recipes, load_config
+from nayer_edge.distill.config import RECIPES_DIR, list_recipes, load_config
 from nayer_edge.zoo import list_models
 
 PAPER = {  # name: (student, g_steps, rounds per epoch, warm-up rounds, synthesis batch, KD batch, KD steps, lr)

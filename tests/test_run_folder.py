@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
 
 SPEC = {"architecture": {"spec": "cnn_tiny", "num_classes": 3, "in_channels": 1, "input_size": 8},
         "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25], "classes": ["cat", "dog", "bird"]}
@@ -22,7 +22,7 @@ SPEC = {"architecture": {"spec": "cnn_tiny", "num_classes": 3, "in_channels": 1,
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     """A run folder as distill leaves it, for a tiny 3-class student on 1×8×8 images."""
-    from nayer_edge.memory import SampleMemory
+    from nayer_edge.synthesis.memory import SampleMemory
     from nayer_edge.zoo import create_model
 
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def damaged(spec: dict, path: tuple, value) -> dict:
     (("std",), KeyError, "no std"),
 ])
 def test_a_damaged_student_json_is_named_with_what_is_wrong(run_dir, path, value, words):
-    from nayer_edge.export import export
+    from nayer_edge.onnx_model.student import export
 
     (run_dir / "student.json").write_text(json.dumps(damaged(SPEC, path, value)))
     before = snapshot(run_dir)
@@ -89,7 +89,7 @@ def test_a_damaged_student_json_is_named_with_what_is_wrong(run_dir, path, value
 
 @pytest.mark.parametrize("content", [[SPEC], "null", "[1, 2"])
 def test_student_json_that_is_not_an_object(run_dir, content):
-    from nayer_edge.export import read_student_spec
+    from nayer_edge.inputs.run_folder import read_student_spec
 
     (run_dir / "student.json").write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(UserError, match="student.json: (expected a JSON object|unreadable)"):
@@ -97,14 +97,14 @@ def test_student_json_that_is_not_an_object(run_dir, content):
 
 
 def test_the_student_as_written_exports(run_dir):
-    from nayer_edge.export import export
+    from nayer_edge.onnx_model.student import export
 
     assert export(run_dir, run_dir / "student.onnx")["parity"]["max_abs_error"] < 1e-4
 
 
 @pytest.mark.parametrize("weights", ["random", "pickle", "other_shapes"])
 def test_student_weights_that_are_damaged_or_foreign(run_dir, weights):
-    from nayer_edge.export import load_student
+    from nayer_edge.onnx_model.student import load_student
     from nayer_edge.zoo import create_model
 
     path = run_dir / "student.pt"
@@ -124,7 +124,7 @@ def test_student_weights_that_are_damaged_or_foreign(run_dir, weights):
 
 @pytest.mark.parametrize("memory", ["samples.npz", "holdout.npz"])
 def test_quantize_reads_the_memories_before_writing_anything(run_dir, memory):
-    from nayer_edge.quantize import quantize
+    from nayer_edge.quantize.run import quantize
 
     (run_dir / memory).write_bytes(b"PK\x03\x04 truncated")
     before = snapshot(run_dir)
@@ -134,8 +134,8 @@ def test_quantize_reads_the_memories_before_writing_anything(run_dir, memory):
 
 
 def test_quantize_refuses_samples_of_another_shape(run_dir):
-    from nayer_edge.memory import SampleMemory
-    from nayer_edge.quantize import quantize
+    from nayer_edge.quantize.run import quantize
+    from nayer_edge.synthesis.memory import SampleMemory
 
     memory = SampleMemory(8, (3, 8, 8))
     memory.add(torch.rand(8, 3, 8, 8), torch.arange(8) % 3)
@@ -152,7 +152,7 @@ def test_quantize_refuses_samples_of_another_shape(run_dir):
     ([1, 2], "no teacher recorded in config.json"),
 ])
 def test_a_damaged_config_json_is_named(run_dir, config, words):
-    from nayer_edge.quantize import quantize
+    from nayer_edge.quantize.run import quantize
 
     (run_dir / "config.json").write_text(json.dumps(config))
     before = snapshot(run_dir)
@@ -163,7 +163,7 @@ def test_a_damaged_config_json_is_named(run_dir, config, words):
 
 
 def test_deploy_refuses_metrics_that_are_not_an_object(run_dir):
-    from nayer_edge.compress import deploy
+    from nayer_edge.deploy.compress import deploy
 
     (run_dir / "metrics.json").write_text("[]")
     with pytest.raises(UserError, match="metrics.json: expected a JSON object, got list"):
@@ -171,7 +171,7 @@ def test_deploy_refuses_metrics_that_are_not_an_object(run_dir):
 
 
 def test_student_weights_with_nan_are_refused(run_dir):
-    from nayer_edge.export import load_student
+    from nayer_edge.onnx_model.student import load_student
 
     state = torch.load(run_dir / "student.pt", weights_only=True)
     next(v for k, v in state.items() if k.endswith("weight")).view(-1)[0] = float("nan")
@@ -186,7 +186,7 @@ def test_quantize_refuses_a_student_onnx_that_does_not_fit(run_dir, onnx_file):
     import onnx
     from onnx import TensorProto, helper
 
-    from nayer_edge.quantize import quantize
+    from nayer_edge.quantize.run import quantize
 
     path = run_dir / "student.onnx"
     if onnx_file == "garbage":
@@ -210,7 +210,7 @@ def test_quantize_refuses_a_student_onnx_that_does_not_fit(run_dir, onnx_file):
 def test_deploy_checks_what_it_needs_before_writing(run_dir, missing):
     """An INT8 deployment without the synthetic memory, or (for QAT) without a loadable teacher, stops before
     student.onnx or anything else is written."""
-    from nayer_edge.compress import deploy
+    from nayer_edge.deploy.compress import deploy
 
     if missing == "samples":
         (run_dir / "samples.npz").unlink()
@@ -228,8 +228,9 @@ def test_quantize_exports_again_when_student_onnx_is_of_an_earlier_student(run_d
     changed student.pt, quantize does not calibrate the old student's ONNX."""
     import onnx
 
-    from nayer_edge.export import export, student_sha256
-    from nayer_edge.quantize import quantize
+    from nayer_edge.inputs.run_folder import student_sha256
+    from nayer_edge.onnx_model.student import export
+    from nayer_edge.quantize.run import quantize
     from nayer_edge.zoo import create_model
 
     export(run_dir, run_dir / "student.onnx")

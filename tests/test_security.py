@@ -73,8 +73,8 @@ def no_network(monkeypatch):
 def test_default_distill_opens_no_connection_in_process(digits_teacher, tmp_path, no_network):
     """The whole default path: teacher, MiniLM label-text embeddings (a fresh cache, so the encoder really
     loads), one tiny epoch, every artefact."""
-    from nayer_edge.config import load_config
-    from nayer_edge.distill import distill
+    from nayer_edge.distill.config import load_config
+    from nayer_edge.distill.run import distill
 
     config = load_config(TEST_RECIPE, TINY)
     assert config.embedding == "text" and config.generator == "nayer" and not config.allow_download

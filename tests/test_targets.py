@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import nayer_edge.targets as targets_mod
-from nayer_edge.errors import UserError
-from nayer_edge.targets import (
+import nayer_edge.deploy.targets as targets_mod
+from nayer_edge.core.errors import UserError
+from nayer_edge.deploy.targets import (
     TARGETS_DIR,
     Target,
     describe_targets,
@@ -211,7 +211,7 @@ def test_docstring_examples_run():
 def test_targets_command_lists_every_target():
     from conftest import run_cli
 
-    from nayer_edge.targets import list_targets
+    from nayer_edge.deploy.targets import list_targets
 
     result = run_cli("targets", "--json")
     assert result.returncode == 0, result.stderr

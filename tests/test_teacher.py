@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from nayer_edge.errors import UserError
-from nayer_edge.teacher import (
+from nayer_edge.core.errors import UserError
+from nayer_edge.inputs.teacher import (
     LoadedTeacher,
     inspect_teacher,
     load_teacher,
@@ -308,7 +308,7 @@ def test_export_archive_with_a_pickled_tensor_loads_without_trust(files, tmp_pat
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_export_guard_refuses_every_unpickler():
-    from nayer_edge.teacher import _no_code_from_pickles, _PickledCode
+    from nayer_edge.inputs.teacher import _no_code_from_pickles, _PickledCode
 
     evil = pickle.dumps(Evil("/nonexistent/PWNED"))
     tensor_bytes = io.BytesIO()

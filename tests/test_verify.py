@@ -15,12 +15,12 @@ pytest.importorskip("onnxruntime")
 
 from test_onnx_export import MEAN, SHAPE, STD, tiny_student
 
-from nayer_edge.errors import UserError
-from nayer_edge.evaldata import save_npz
-from nayer_edge.latency import LatencyStats, measure_latency, nearest_rank, onnx_latency
-from nayer_edge.normalize import NormalizedModel
-from nayer_edge.onnx_export import export_onnx
-from nayer_edge.verify import verify
+from nayer_edge.core.errors import UserError
+from nayer_edge.core.normalize import NormalizedModel
+from nayer_edge.deploy.latency import LatencyStats, measure_latency, nearest_rank, onnx_latency
+from nayer_edge.deploy.verify import verify
+from nayer_edge.inputs.evaldata import save_npz
+from nayer_edge.onnx_model.exporter import export_onnx
 
 FAST = {"latency_seconds": 0.05, "warmup_seconds": 0.01}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nayer_edge.errors import UserError
+from nayer_edge.core.errors import UserError
 from nayer_edge.zoo import build_student, create_model, describe_student, list_models, load_factory
 
 EXPECTED_MODELS = [

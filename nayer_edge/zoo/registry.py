@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import UserError
-from ..strict import closest_name
+from ..core.errors import UserError
+from ..core.strict import closest_name
 
 ModelFactory = Callable[..., nn.Module]
 

@@ -1,0 +1,402 @@
+"""``compress``: the release job: distill → ONNX at the target's precision (INT8 after QAT on the synthetic samples,
+FP16, FP32) → verify with gates → a report a person can read, and for a TensorRT target the deploy bundle.
+``deploy`` is the same job on an existing distill folder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.atomic import atomic_write_text, remove_temporaries
+from ..core.errors import UserError
+from ..core.interrupt import names_checkpoint
+from ..core.optional import require
+from ..distill.config import DistillConfig
+from ..inputs import run_folder as rf
+from ..inputs.run_folder import CHECKPOINT
+
+
+def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
+             eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
+             max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
+             min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
+             show_progress: bool = True, cache_dir: Path | None = None, resume: bool = False,
+             user_set: Any = None, clock_start: float | None = None, **teacher_options: Any) -> dict[str, Any]:
+    """Run every stage; returns the metrics, with ``passed`` false when a gate failed. ``resume``: continue
+    the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.run.distill`).
+
+    Gates: ``student_trained`` (at least one KD step), ``teacher_retention`` (deployed top-1 against the
+    teacher's; needs eval data) or without eval data ``teacher_agreement_synthetic`` (see :mod:`nayer_edge.deploy.gates`),
+    ``accuracy_drop`` (top-1 points of the deployed model below the FP32 student; needs eval data) and
+    ``latency_p50_ms`` at the target's batch. Limits default to the target's.
+
+        result = compress("teacher.pt", target="cpu-x86", out_dir="runs/release", config=load_config("demo-digits"),
+                          eval_data="heldout.npz")
+    """
+    from ..distill.distributed import launch_env
+    from ..distill.run import distill
+
+    if launch_env().distributed:
+        raise UserError("compress runs in one process (its export and quantize stages are not distributed): run "
+                        "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
+    plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
+    started = time.perf_counter() if clock_start is None else clock_start
+    # With a time budget, the deployment's share is kept back from the distillation (see deployment_seconds).
+    reserve = deployment_seconds(plan, config) if config.time_budget is not None else 0.0
+    metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
+                      cache_dir=cache_dir, resume=resume, user_set=user_set, clock_start=started,
+                      reserve_after=reserve, **teacher_options)
+    # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
+    with names_checkpoint(Path(out_dir) / CHECKPOINT):
+        # The student factory in student.json is the one named in this call's config: trusted.
+        return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
+                       eval_data=eval_data, show_progress=show_progress, trust_code=True,
+                       qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
+
+
+def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
+           qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
+           min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
+           teacher: str | Path | None = None, show_progress: bool = False, trust_code: bool = False,
+           **teacher_options: Any) -> dict[str, Any]:
+    """Every stage after distillation, on an existing ``nayer-edge distill`` folder: ONNX for the target's
+    precision (INT8 with QAT, FP16, FP32), verification with gates, the report, and for a TensorRT target the
+    deploy bundle. The teacher (for QAT) defaults to the one recorded in the run. ``trust_code``: import a
+    student factory the run folder names (see :func:`~nayer_edge.onnx_model.student.load_student`).
+
+        deploy("runs/digits", target="jetson", eval_data="heldout.npz")["bundle"]["archive"]
+    """
+    from ..inputs.run_folder import read_student_spec, require_code_trust
+
+    run_dir = Path(run_dir)
+    require_code_trust(run_dir, read_student_spec(run_dir), trust_code)
+    plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
+                           max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
+    try:
+        metrics = json.loads((run_dir / rf.METRICS).read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
+    if eval_data is not None:
+        metrics["teacher_accuracy"] = None  # measured again on this call's eval data, which may not be the run's
+    return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
+                   show_progress=show_progress, trust_code=trust_code)
+
+
+# What the deployment stages cost on a CPU of the development machine (BENCHMARKS.md, the planner section):
+# ONNX export with its parity check, verification with latency of each model, the report; INT8 adds calibration,
+# and QAT its fine-tuning (capped to QAT_SECONDS_SHARE of the budget, see quantize).
+DEPLOY_FIXED_SECONDS = {"fp32": 8.0, "fp16": 10.0, "int8": 16.0}
+QAT_SECONDS_SHARE = 0.06
+BUNDLE_SECONDS = 6.0
+
+
+def deployment_seconds(plan: "DeploymentPlan", config: DistillConfig) -> float:
+    """Seconds a budgeted compress keeps back for everything after distillation."""
+    seconds = DEPLOY_FIXED_SECONDS.get(plan.precision, 16.0) + (BUNDLE_SECONDS if plan.on_device else 0.0)
+    if plan.precision == "int8" and plan.qat and config.time_budget:
+        seconds += QAT_SECONDS_SHARE * config.time_budget
+    return seconds
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What to build for a target, resolved and validated before any work starts."""
+
+    target: Any
+    precision: str
+    qat: bool
+    max_accuracy_drop: float | None
+    max_latency_ms: float | None
+    min_teacher_retention: float | None = None
+    min_teacher_agreement: float | None = None
+
+    @property
+    def on_device(self) -> bool:
+        return self.target.runtime == "tensorrt"
+
+
+def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max_accuracy_drop: float | None,
+                    max_latency_ms: float | None, has_eval_data: bool, min_teacher_retention: float | None = None,
+                    min_teacher_agreement: float | None = None) -> DeploymentPlan:
+    """Resolve the target's defaults; raise UserError for a combination the target cannot do."""
+    from .targets import load_target
+
+    spec = load_target(target)
+    precision = precision or spec.precision
+    available = ("fp32", "int8") if spec.runtime == "onnxruntime" else ("fp32", "fp16", "int8")
+    if precision not in available:
+        raise UserError(f"precision {precision} is not available on {spec.name} ({spec.runtime}): "
+                        f"use {' or '.join(available)}")
+    if qat and precision != "int8":
+        raise UserError(f"--qat fine-tunes for INT8, but the precision is {precision}; use --precision int8 or --no-qat")
+    qat = precision == "int8" if qat is None else qat
+    max_accuracy_drop = spec.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+    max_latency_ms = spec.max_latency_ms if max_latency_ms is None else max_latency_ms
+    for name, value in (("--min-teacher-retention", min_teacher_retention),
+                        ("--min-teacher-agreement", min_teacher_agreement)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"{name} is a fraction in [0, 1] (0 turns the gate off), got {value:g}")
+    retention = spec.min_teacher_retention if min_teacher_retention is None else min_teacher_retention
+    agreement = spec.min_teacher_agreement if min_teacher_agreement is None else min_teacher_agreement
+    if not has_eval_data:
+        max_accuracy_drop = retention = None  # nothing to measure them on; the agreement proxy stands in
+    else:
+        agreement = None
+    if spec.runtime == "tensorrt":
+        require("onnx")  # fail before distilling when the bundle could not be written
+    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None)
+
+
+def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
+            teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool,
+            trust_code: bool, qat_seconds: float | None = None) -> dict[str, Any]:
+    from ..onnx_model.student import export
+    from .verify import verify
+
+    remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
+    spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
+    # Everything the later stages read is checked before the first file is written.
+    _check_memories(out_dir, needs_samples=precision == "int8")
+    teacher_model = None
+    measure_teacher = eval_data is not None and metrics.get("teacher_accuracy") is None
+    proxy = plan.min_teacher_agreement is not None
+    if (precision == "int8" and qat) or measure_teacher or proxy:
+        from ..quantize.run import load_run_teacher
+
+        teacher_model = load_run_teacher(out_dir, teacher, teacher_options)
+    if measure_teacher:
+        metrics["teacher_accuracy"] = _teacher_top1(out_dir, teacher_model, eval_data)
+    max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
+    batch = None if spec.dynamic_batch else spec.batch
+    exported = export(out_dir, out_dir / rf.STUDENT_ONNX, batch=batch, opset=spec.opset, trust_code=trust_code)
+    # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
+    gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": None if on_device else max_latency_ms}
+    int8: dict[str, Any] | None = None
+    if precision == "int8":
+        from ..quantize.run import quantize
+
+        int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
+                        teacher=teacher_model if qat else None, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
+                        opset=spec.opset, show_progress=show_progress, trust_code=trust_code,
+                        qat_seconds=qat_seconds)
+        deployed = int8["int8_onnx"]
+    elif precision == "fp16":
+        from ..onnx_model.fp16 import to_fp16
+
+        deployed = str(to_fp16(exported["onnx"], out_dir / rf.STUDENT_FP16_ONNX))
+    else:
+        deployed = exported["onnx"]
+    if precision == "fp32":
+        results = {"fp32": verify(deployed, eval_data=eval_data, reference=out_dir, batch=spec.batch, **gates)}
+    else:
+        results = {"fp32": verify(exported["onnx"], eval_data=eval_data, batch=spec.batch),
+                   precision: verify(deployed, eval_data=eval_data, reference=exported["onnx"], batch=spec.batch,
+                                     **gates)}
+    final = results[precision]
+    from .gates import release_summary, teacher_gates
+
+    agreement = _synthetic_agreement(out_dir, deployed, teacher_model) if proxy else None
+    against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy, deployed_agreement=agreement,
+                                    min_retention=plan.min_teacher_retention, min_agreement=plan.min_teacher_agreement)
+    release = release_summary(metrics, against_teacher, min_retention=plan.min_teacher_retention,
+                              min_agreement=plan.min_teacher_agreement)
+    bundle = _bundle(out_dir, deployed, spec, precision, teacher, eval_data, results["fp32"].accuracy,
+                     max_accuracy_drop, max_latency_ms, release) if on_device else None
+    final_gates = against_teacher + list(final.gates)
+    if bundle is not None:
+        from .verify import Gate
+
+        failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
+        final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
+    candidates = int8["candidates"] if int8 else {}
+    built = {name: c for name, c in candidates.items() if "onnx" in c}  # a failed QAT has no model
+    metrics.update({
+        "target": spec.name, "precision": precision, "qat": "qat" in built,
+        "fp32_onnx_accuracy": results["fp32"].accuracy,
+        "fp16_accuracy": results["fp16"].accuracy if "fp16" in results else None,
+        "int8_accuracy": results["int8"].accuracy if int8 else None,
+        "ptq_int8_accuracy": int8.get("ptq_int8_accuracy") if int8 else None,
+        "qat_int8_accuracy": int8.get("qat_int8_accuracy") if int8 else None,
+        "int8_method": int8["method"] if int8 else None,
+        "int8_selected_by": int8["selected_by"] if int8 else None,
+        "int8_candidates": candidates,
+        "onnx_max_abs_error": exported["parity"]["max_abs_error"],
+        "latency": {name: {"p50_ms": r.latency.p50_ms, "p90_ms": r.latency.p90_ms, "p95_ms": r.latency.p95_ms,
+                           "p99_ms": r.latency.p99_ms, "mean_ms": r.latency.mean_ms, "cv": r.latency.cv,
+                           "throughput": r.latency.throughput, "batch": r.latency.batch}
+                    for name, r in results.items()},
+        "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {}),
+                        **({"fp16": Path(deployed).stat().st_size} if precision == "fp16" else {})},
+        "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed, "rule": g.rule}
+                  for g in final_gates],
+        "passed": all(g.passed for g in final_gates),
+        "release": release,
+        "teacher_agreement_synthetic": agreement,
+        "runtime": spec.runtime,
+        "bundle": None if bundle is None else {"dir": bundle["bundle_dir"], "archive": bundle["archive"],
+                                               "host_check": {k: bundle["check"].get(k) for k in
+                                                              ("passed", "backend", "parity", "accuracy", "gates")}},
+        "deployed_model": str(deployed),
+    })
+    metrics["artifacts"].update({rf.STUDENT_ONNX: exported["onnx"], rf.REPORT: str(out_dir / rf.REPORT)})
+    if bundle is not None:
+        metrics["artifacts"].update({"bundle": bundle["bundle_dir"], "bundle.tar.gz": bundle["archive"]})
+    if precision == "fp16":
+        metrics["artifacts"][rf.STUDENT_FP16_ONNX] = deployed
+    if int8:
+        metrics["artifacts"][rf.STUDENT_INT8_ONNX] = deployed
+        metrics["artifacts"].update({Path(c["onnx"]).name: c["onnx"] for c in built.values()})
+        if "qat" in built:
+            metrics["artifacts"][rf.STUDENT_QAT_FP32_ONNX] = str(out_dir / rf.STUDENT_QAT_FP32_ONNX)
+    atomic_write_text(out_dir / rf.METRICS, json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / rf.REPORT, render_report(metrics, spec.name))
+    return metrics
+
+
+def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
+    """Read the run's sample memories before anything is written: a damaged one stops the deployment with the
+    folder as it was (the later stages calibrate, fine-tune and make reference inputs from them)."""
+    from ..synthesis.memory import SampleMemory
+
+    if needs_samples and not (out_dir / rf.MEMORY).is_file():
+        raise UserError(f"{out_dir}: no samples.npz (the synthetic memory) to calibrate INT8 on; re-run distill")
+    for name in (rf.MEMORY, rf.HOLDOUT):
+        if (out_dir / name).is_file():
+            SampleMemory.load(out_dir / name)
+
+
+def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
+    """The teacher's top-1 on the eval data (for a run folder distilled without it, or with other data)."""
+    from ..inputs.evaldata import load_eval_data
+    from ..inputs.run_folder import read_student_spec
+    from .gates import teacher_predictions
+
+    student = read_student_spec(out_dir)
+    x, y = load_eval_data(eval_data, input_shape=student["input_shape"], classes=student["classes"])
+    return float((teacher_predictions(teacher, x) == y.numpy()).mean())
+
+
+def _synthetic_agreement(out_dir: Path, deployed: str, teacher: Any) -> float | None:
+    """Top-1 agreement of the deployed model with the teacher on the held-out synthetic samples (None: none)."""
+    from ..synthesis.memory import SampleMemory
+    from .gates import onnx_predictions, teacher_predictions
+
+    holdout = out_dir / rf.HOLDOUT
+    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / rf.MEMORY).all()[0]
+    if not len(images):
+        return None
+    return float((onnx_predictions(deployed, images.numpy()) == teacher_predictions(teacher, images)).mean())
+
+
+def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: str | Path | None, eval_data: Any,
+            fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None,
+            release: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
+    from ..inputs.run_folder import read_student_spec
+    from ..synthesis.memory import SampleMemory
+    from .bundle import make_bundle, verify_bundle
+
+    student = read_student_spec(out_dir)
+    holdout = out_dir / rf.HOLDOUT
+    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / rf.MEMORY).all()[0]
+    made = make_bundle(deployed, out_dir / "bundle", target=spec, classes=student["classes"],
+                       input_shape=student["input_shape"], mean=student["mean"], std=student["std"],
+                       input_convention="images01", reference_images=images[:64].float(), precision=precision,
+                       eval_data=eval_data, teacher_path=teacher, run_dir=out_dir, expected_accuracy=fp32_accuracy,
+                       max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, release=release)
+    made["check"] = verify_bundle(made["bundle_dir"], measure_latency=False)
+    return made
+
+
+def render_report(metrics: dict[str, Any], target: str) -> str:
+    """A Markdown report of a compress run (accuracies, sizes, latency, gates, pictures, config, versions)."""
+    import torch
+
+    onnxruntime = require("onnxruntime")
+    pct = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    lines = [f"# nayer-edge compress report: {target}", "",
+             f"**Result: {'PASS' if metrics['passed'] else 'FAIL'}**: deployed model `{Path(metrics['deployed_model']).name}` "
+             f"({metrics['precision']}).", "",
+             "## Accuracy (top-1 on held-out real data)", "", "| model | top-1 | parameters / bytes |", "|---|---:|---:|",
+             f"| teacher | {pct(metrics['teacher_accuracy'])} | {metrics['teacher_params']:,} params |",
+             f"| student, PyTorch FP32 | {pct(metrics['student_accuracy'])} | {metrics['student_params']:,} params |",
+             f"| student, ONNX FP32 | {pct(metrics['fp32_onnx_accuracy'])} | {metrics['model_bytes']['fp32']:,} B |"]
+    if metrics["int8_accuracy"] is not None:
+        lines.append(f"| student, ONNX INT8 deployed ({metrics['int8_method'].upper()}) | {pct(metrics['int8_accuracy'])} | "
+                     f"{metrics['model_bytes']['int8']:,} B |")
+    if metrics["precision"] == "fp16":
+        lines.append(f"| student, ONNX FP16 | {pct(metrics.get('fp16_accuracy'))} | {metrics['model_bytes']['fp16']:,} B |")
+    if metrics.get("int8_candidates"):
+        lines += ["", "### INT8: post-training quantization vs quantization-aware fine-tuning", "",
+                  "Both calibrated on the run's synthetic samples; neither saw real data. QAT is deployed when it "
+                  "reproduces the FP32 student more faithfully than PTQ on *held-out synthetic* samples (lower KL "
+                  "from the FP32 logits); the real data below never chooses.", "",
+                  "| INT8 method | top-1 (real) | KL from FP32 (synthetic hold-out) | top-1 agreement with FP32 "
+                  "| agreement with teacher | cosine vs FP32 |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, cand in metrics["int8_candidates"].items():
+            if "failed" in cand:
+                lines.append(f"| {name.upper()} | failed: {cand['failed']} | | | | |")
+                continue
+            real = metrics.get(f"{name}_int8_accuracy")
+            parity = cand["parity_vs_fp32"]
+            kl = f"{cand['fp32_kl']:.2e}" if cand.get("fp32_kl") is not None else "n/a"
+            lines.append(f"| {name.upper()} | {pct(real)} | {kl} | {pct(parity.get('top1_agreement'))} | "
+                         f"{pct(cand.get('teacher_agreement'))} | {parity['cosine_similarity']:.4f} |")
+        lines += ["", f"Deployed: **{metrics['int8_method'].upper()}**: {metrics['int8_selected_by']}."]
+        training = metrics["int8_candidates"].get("qat", {}).get("training")
+        if training:
+            lines.append(f"QAT: {training['steps']} steps ({training['epochs']:g} passes over the memory, lr "
+                         f"{training['lr']:g}, KD target {training.get('fp32_anchor', 0):.0%} FP32 student / "
+                         f"{1 - training.get('fp32_anchor', 0):.0%} teacher) in {training['seconds']:.1f} s, BatchNorm folded, "
+                         f"{training['quantizers']} activation quantizers; KD loss {training['initial_loss']:.4f} → "
+                         f"{training['final_loss']:.4f}.")
+    lines += ["", f"ONNX FP32 vs PyTorch: max abs error {metrics['onnx_max_abs_error']:.2e}.", "",
+              "## Latency (onnxruntime CPU, after warm-up)" + (" on this host, not the device" if metrics.get("bundle")
+                                                              else ""), "",
+              "| precision | batch | p50 ms | p90 ms | p99 ms | images/s |", "|---|---:|---:|---:|---:|---:|"]
+    for name, lat in metrics["latency"].items():
+        lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
+                     f"{lat['throughput']:,.0f} |")
+    from .gates import PROXY_NOTE, failure_lines
+    from .verify import Gate
+
+    lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
+    lines += [f"| {g['name']} | {'≥' if g.get('rule') == '>=' else '≤'} {g['limit']:.4g} | {g['value']:.4g} | "
+              f"{'pass' if g['passed'] else '**FAIL**'} |" for g in metrics["gates"]] or ["| (none configured) | | | |"]
+    if any(g["name"] == "teacher_agreement_synthetic" for g in metrics["gates"]):
+        lines += ["", f"Judged against the teacher without eval data: {PROXY_NOTE} (how well it tracks real "
+                  "accuracy: BENCHMARKS.md, release gates)."]
+    failed = failure_lines(metrics, [Gate(**g) for g in metrics["gates"]])
+    if failed:
+        lines += [""] + [f"- **{line}**" for line in failed]
+    if metrics.get("bundle"):
+        bundle = metrics["bundle"]
+        check = bundle["host_check"]
+        lines += ["", "## Deploy bundle", "",
+                  f"`{Path(bundle['dir']).name}/` and `{Path(bundle['archive']).name}`: the ONNX, `manifest.json` (sha256 "
+                  "of every file), labels, reference inputs and outputs, a DeepStream nvinfer config, the device "
+                  "scripts and a README with the exact commands.", "",
+                  f"Checked here with `check.py --backend onnxruntime` (this installation's copy, the same bytes as the bundle's): "
+                  f"**{'pass' if check['passed'] else 'FAIL'}**"
+                  + (f" (lowest parity cosine {check['parity']['min_cosine']:.4f}, top-1 agreement "
+                     f"{check['parity']['top1_agreement']:.2%})" if isinstance(check.get("parity"), dict) else "") + ".",
+                  "The TensorRT check (engine build, parity, accuracy, latency) runs on the device: "
+                  "`python3 scripts/build_engine.py` then `python3 scripts/check.py --backend tensorrt` "
+                  "(see the bundle's README)."]
+    lines += ["", "## Synthetic samples and training", "", "![samples](samples.png)", "", "![curves](curves.png)", "",
+              f"{metrics['epochs']} epochs in {metrics['distill_seconds']:.0f} s ({metrics['stopped_by']}); "
+              f"{metrics['synthetic_samples']:,} synthetic samples generated, {metrics['memory_samples']:,} kept.", "",
+              "## Configuration and versions", "", "The resolved configuration is in `config.json`.", "",
+              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}, "
+              f"{platform.machine()}.", ""]
+    return "\n".join(lines)

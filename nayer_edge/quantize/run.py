@@ -1,0 +1,311 @@
+"""``quantize``: INT8 for a distilled student, with no real data: post-training quantization calibrated on the
+run's synthetic samples (the PTQ baseline), and optionally quantization-aware fine-tuning on the same samples
+(``qat``; KD target: the FP32 student's own logits, optionally blended with the teacher's). Both are checked on
+the held-out synthetic samples; QAT is deployed when it reproduces the FP32 student there more faithfully than
+PTQ (``_choose``); real data never chooses.
+
+Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; ``quantize_ort``) and
+``tensorrt`` (explicit symmetric Q/DQ; ``qdq_tensorrt``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from ..core.errors import UserError, first_line
+from ..inputs import run_folder as rf
+
+Layout = Literal["ort", "tensorrt"]
+DEPLOYED = rf.STUDENT_INT8_ONNX
+
+
+def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
+             teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
+             calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
+             batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
+             show_progress: bool = False, trust_code: bool = False, qat_seconds: float | None = None
+             ) -> dict[str, Any]:
+    """INT8 ONNX of the student in ``run_dir``; returns paths, parity and (with ``eval_data``) top-1 figures.
+
+    Writes ``student.onnx`` (FP32, if missing), ``student.int8-ptq.onnx``, with ``qat`` also
+    ``student.qat-fp32.onnx`` (the fine-tuned, BN-folded FP32 model) and ``student.int8-qat.onnx``, and a
+    copy of the deployed one at ``out`` (default ``student.int8.onnx``). ``teacher`` defaults to the one
+    recorded in the run's ``config.json`` (a loaded teacher is used as it is). ``batch`` fixes the exported batch (None: dynamic). ``trust_code``:
+    import a student factory the run folder names (see :func:`~nayer_edge.onnx_model.student.load_student`).
+
+        quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
+    """
+    from ..inputs.run_folder import read_student_spec, require_code_trust, student_sha256
+    from ..onnx_model.student import check_onnx_fits, export
+    from ..synthesis.memory import SampleMemory
+
+    run_dir = Path(run_dir)
+    spec = read_student_spec(run_dir)
+    if out is not None:
+        from ..core.atomic import prepare_output_file
+
+        prepare_output_file(Path(out))
+    if qat or not (run_dir / rf.STUDENT_ONNX).is_file():  # both rebuild the student from student.json
+        require_code_trust(run_dir, spec, trust_code)
+    if layout not in ("ort", "tensorrt"):
+        raise UserError(f"layout must be 'ort' or 'tensorrt', got {layout!r}")
+    samples_path, holdout_path = run_dir / rf.MEMORY, run_dir / rf.HOLDOUT
+    if not samples_path.is_file():
+        raise UserError(f"{run_dir}: no samples.npz (the synthetic memory); re-run distill with this nayer-edge")
+    if calibration < 1:
+        raise UserError(f"calibration must be a positive number of samples, got {calibration}")
+    eval_set = None
+    if eval_data is not None:
+        from ..inputs.evaldata import load_eval_data
+
+        eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
+    teacher_model = None
+    if qat:
+        from ..inputs.teacher import LoadedTeacher
+
+        _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
+
+        teacher_model = (teacher if isinstance(teacher, LoadedTeacher)
+                         else load_run_teacher(run_dir, teacher, teacher_options))
+
+    # The memories are read before anything is written: a damaged one leaves the folder as it was.
+    images, _ = SampleMemory.load(samples_path).all()
+    holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
+    for path, held in ((samples_path, images), (holdout_path, holdout)):
+        if held is not None and len(held) and list(held.shape[1:]) != list(spec["input_shape"]):
+            raise UserError(f"{path}: samples of shape {list(held.shape[1:])}, but the student takes "
+                            f"{spec['input_shape']}; re-run distill")
+    if not len(images):
+        raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
+    fp32_path = run_dir / rf.STUDENT_ONNX
+    # An export of an earlier student (the run was resumed or redone since) is made again from this one.
+    made_from = check_onnx_fits(fp32_path, spec).get("nayer_edge.student_sha256") if fp32_path.is_file() else None
+    if not fp32_path.is_file() or made_from not in (None, student_sha256(run_dir)):
+        export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
+    generator = torch.Generator().manual_seed(0)
+    calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
+    check_images = holdout if holdout is not None and len(holdout) else calibration_images
+    to_int8 = _int8_writer(layout, method, calibration)
+
+    ptq_path = to_int8(fp32_path, run_dir / rf.STUDENT_INT8_PTQ_ONNX, calibration_images)
+    candidates = {"ptq": ptq_path}
+    qat_report, qat_failure = None, None
+    if qat:
+        from ..onnx_model.exporter import ParityError
+
+        try:
+            qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, trust_code=trust_code,
+                                                  layout=layout, batch=batch, opset=opset, qat_epochs=qat_epochs,
+                                                  qat_lr=qat_lr, show_progress=show_progress,
+                                                  qat_seconds=qat_seconds)
+        except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
+            qat_failure = f"its FP32 export does not match the fine-tuned model: {first_line(err)}"
+        else:
+            candidates["qat"] = to_int8(qat_fp32, run_dir / rf.STUDENT_INT8_QAT_ONNX, calibration_images)
+
+    # One session per model, reused for every check.
+    logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
+    fp32_check = logits["fp32"](check_images)
+    teacher_check = _teacher_logits(teacher_model, check_images) if teacher_model is not None else None
+    from ..onnx_model.exporter import compare_logits
+
+    result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "layout": layout,
+                              "calibration_samples": int(len(calibration_images)),
+                              "check_samples": "held-out synthetic" if holdout is not None and len(holdout)
+                              else "calibration",
+                              "fp32_bytes": fp32_path.stat().st_size, "candidates": {}}
+    for name, path in candidates.items():
+        out_check = logits[name](check_images)
+        entry = {"onnx": str(path), "bytes": path.stat().st_size,
+                 "parity_vs_fp32": compare_logits(fp32_check, out_check).to_dict(),
+                 "fp32_kl": _kl(fp32_check, out_check)}
+        if teacher_check is not None:
+            entry["teacher_agreement"] = float((out_check.argmax(1) == teacher_check.argmax(1)).mean())
+            entry["teacher_kl"] = _kl(teacher_check, out_check)
+        result["candidates"][name] = entry
+    if qat_report is not None:
+        result["candidates"]["qat"]["training"] = qat_report
+    if qat_failure is not None:
+        result["candidates"]["qat"] = {"failed": qat_failure}
+
+    chosen, reason = _choose(result["candidates"])
+    deployed = Path(out) if out else run_dir / DEPLOYED
+    from ..core.atomic import atomic_write_bytes
+
+    atomic_write_bytes(deployed, Path(candidates[chosen]).read_bytes())
+    result.update({"method": chosen, "selected_by": reason, "int8_onnx": str(deployed),
+                   "int8_bytes": deployed.stat().st_size,
+                   "parity_vs_fp32": result["candidates"][chosen]["parity_vs_fp32"]})
+    if eval_set is not None:
+        x, y = eval_set
+        accuracy = {name: float((torch.from_numpy(run(x)).argmax(1) == y).float().mean()) for name, run in
+                    logits.items()}
+        result["fp32_onnx_accuracy"] = accuracy["fp32"]
+        result["ptq_int8_accuracy"] = accuracy["ptq"]
+        result["qat_int8_accuracy"] = accuracy.get("qat")
+        result["int8_accuracy"] = accuracy[chosen]
+    return result
+
+
+def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """QAT when it reproduces the FP32 student more faithfully than PTQ on the held-out synthetic samples
+    (lower mean KL divergence of its logits from the FP32 student's), else PTQ.
+
+    INT8's job is to lose nothing of the FP32 student, whose accuracy is what was validated; the KL over all
+    logits measures that with far less noise than top-1 agreement over a few hundred samples, and the
+    held-out samples were seen by neither candidate.
+    """
+    if "qat" not in candidates:
+        return "ptq", "post-training quantization only (QAT off)"
+    if "failed" in candidates["qat"]:
+        return "ptq", f"post-training quantization: QAT failed ({candidates['qat']['failed']})"
+    qat, ptq = candidates["qat"]["fp32_kl"], candidates["ptq"]["fp32_kl"]
+    # A NaN/Inf KL (non-finite logits) loses to any finite one, and never wins by a comparison with NaN.
+    if math.isfinite(qat) and (not math.isfinite(ptq) or qat < ptq):
+        return "qat", (f"QAT reproduces the FP32 student more faithfully than PTQ on held-out synthetic samples "
+                       f"(KL from FP32 {qat:.2e} vs {ptq:.2e})")
+    return "ptq", (f"PTQ reproduces the FP32 student at least as faithfully as QAT on held-out synthetic samples "
+                   f"(KL from FP32 {ptq:.2e} vs {qat:.2e})")
+
+
+def _int8_writer(layout: Layout, method: str, calibration: int) -> Callable[[Path, Path, torch.Tensor], Path]:
+    if layout == "ort":
+        from .ort import quantize_static_ort
+
+        return lambda src, dst, images: quantize_static_ort(src, dst, images, calibrate_method=method,
+                                                            max_calibration=calibration)
+    from .qdq_tensorrt import quantize_tensorrt
+
+    return lambda src, dst, images: quantize_tensorrt(src, dst, images, max_calibration=calibration)
+
+
+class _Runner:
+    """One onnxruntime session, run in chunks."""
+
+    def __init__(self, path: Path):
+        from ..onnx_model.exporter import onnx_session
+
+        self.session = onnx_session(path)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        from ..onnx_model.exporter import run_session
+
+        return run_session(self.session, x)
+
+
+def load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[str, Any] | None) -> Any:
+    """The teacher for QAT: ``teacher`` with ``options``, else the one the run's ``config.json`` records."""
+    from ..inputs.teacher import load_teacher
+
+    options = dict(options or {})
+    if teacher is None:
+        recorded = _recorded(run_dir, "teacher")
+        if recorded is None or not recorded.get("path"):
+            raise UserError(f"{run_dir}: no teacher recorded in config.json; give the teacher with --teacher")
+        if not isinstance(recorded["path"], str):
+            raise UserError(f"{run_dir}/config.json: the teacher's path is not text "
+                            f"({type(recorded['path']).__name__}); give the teacher with --teacher")
+        teacher = recorded["path"]
+        for key, kind in (("arch", str), ("classes", list), ("input_shape", list), ("mean", list), ("std", list)):
+            if options.get(key) is None and recorded.get(key) is not None:
+                if not isinstance(recorded[key], kind):
+                    raise UserError(f"{run_dir}/config.json: the teacher's {key} should be a {kind.__name__}, not "
+                                    f"{type(recorded[key]).__name__}; give the teacher with --teacher and its options")
+                options[key] = recorded[key]
+        if not Path(teacher).exists():
+            raise UserError(f"{run_dir}/config.json: the teacher it records, {teacher}, is not there; give the teacher "
+                            "with --teacher")
+    return load_teacher(teacher, **options)
+
+
+def _recorded(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """``config.json``'s section ``key`` (None when there is no readable one; UserError when it is damaged)."""
+    try:
+        data = json.loads((run_dir / rf.CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or key not in data:
+        return None
+    if not isinstance(data[key], dict):
+        raise UserError(f"{run_dir}/config.json: '{key}' should be an object, not {type(data[key]).__name__}; re-run "
+                        "distill or remove config.json")
+    return data[key]
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: Any, images01: torch.Tensor, batch: int = 256) -> np.ndarray:
+    teacher.model.eval()
+    return torch.cat([teacher(images01[i:i + batch].float()) for i in range(0, len(images01), batch)]).numpy()
+
+
+def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    from ..distill.losses import kd_divergence
+
+    return float(kd_divergence(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
+
+
+def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, trust_code: bool,
+                   layout: Layout, batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
+                   show_progress: bool, qat_seconds: float | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
+    from ..core.normalize import NormalizedModel
+    from ..onnx_model.exporter import check_parity, export_onnx
+    from ..onnx_model.student import load_student
+    from .qat import QAT_TOOL_DECISION, finetune_qat
+
+    if list(teacher.spec.input_shape) != list(spec["input_shape"]):
+        raise UserError(f"the teacher takes {list(teacher.spec.input_shape)} but the student takes "
+                        f"{spec['input_shape']}; give the teacher this run was distilled from")
+    config = _run_config(run_dir)
+    student, _ = load_student(run_dir, trust_code=trust_code)
+    if isinstance(student, torch.jit.ScriptModule):
+        raise UserError(f"{run_dir}: the student's architecture cannot be rebuilt here (only TorchScript); "
+                        "QAT needs it: make its factory importable, or use --no-qat")
+    teacher_logits = (torch.from_numpy(_teacher_logits(teacher, images)) if config.qat_fp32_anchor < 1.0
+                      else None)
+    epochs = qat_epochs if qat_epochs is not None else config.qat_epochs
+    lr = qat_lr if qat_lr is not None else config.qat_lr
+
+    progress = None
+    if show_progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]QAT ({task.fields[layout]})"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        task = progress.add_task("qat", total=None, layout=layout)
+        progress.start()
+    try:
+        model, report = finetune_qat(
+            student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=layout, epochs=epochs,
+            lr=lr, batch=config.qat_batch, temperature=config.temperature,
+            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=qat_seconds,
+            on_step=(lambda done, total: progress.update(task, completed=done, total=total)) if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    shape = tuple(spec["input_shape"])
+    path = export_onnx(model, run_dir / rf.STUDENT_QAT_FP32_ONNX, input_shape=shape, mean=spec["mean"],
+                       std=spec["std"], fold_normalization=True, batch=batch, opset=opset, classes=spec["classes"])
+    probe = torch.rand(batch or 64, *shape, generator=torch.Generator().manual_seed(0))
+    check_parity(path, NormalizedModel(model, spec["mean"], spec["std"]).eval(), probe)
+    return path, {**report.to_dict(), "epochs": epochs, "lr": lr, "fp32_anchor": config.qat_fp32_anchor,
+                  "tool": QAT_TOOL_DECISION}
+
+
+def _run_config(run_dir: Path) -> Any:
+    from ..core.strict import from_dict
+    from ..distill.config import DistillConfig
+
+    data = _recorded(run_dir, "config")
+    if data is None:
+        return DistillConfig()
+    known = set(DistillConfig.__dataclass_fields__)
+    return from_dict(DistillConfig, {k: v for k, v in data.items() if k in known}, where=f"{run_dir}/config.json")
+
