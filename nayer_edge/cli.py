@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect as pyinspect
 import json
 import os
 import shlex
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from .core.errors import UserError
 from .core.interrupt import Interrupted, abort_on_signals
-from .inputs import run_folder as rf
+from .distill import run_folder as rf
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free distillation (NAYER) and edge deployment of image classifiers.")
@@ -63,16 +65,17 @@ TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Import the stu
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
-def _teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle) -> dict[str, Any]:
+def _teacher_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The teacher-loading keywords of the library from the TEACHER_OPTIONS of a command."""
     from .inputs.teacher import parse_classes, parse_floats, parse_shape
 
     return {
-        "arch": arch,
-        "classes": parse_classes(classes) if classes else None,
-        "input_shape": parse_shape(input_shape) if input_shape else None,
-        "mean": parse_floats(mean) if mean else None,
-        "std": parse_floats(std) if std else None,
-        "trust_pickle": trust_pickle,
+        "arch": options["arch"],
+        "classes": parse_classes(options["classes"]) if options["classes"] else None,
+        "input_shape": parse_shape(options["input_shape"]) if options["input_shape"] else None,
+        "mean": parse_floats(options["mean"]) if options["mean"] else None,
+        "std": parse_floats(options["std"]) if options["std"] else None,
+        "trust_pickle": options["trust_pickle"],
     }
 
 
@@ -118,13 +121,57 @@ ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-c
 CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the student (and an eager teacher); default off.")]
 
 
+def _options(**declared: tuple[Any, Any]) -> tuple[pyinspect.Parameter, ...]:
+    """Options several commands share, declared once: name=(annotation, default)."""
+    return tuple(pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for name, (annotation, default) in declared.items())
+
+
+TEACHER_OPTIONS = _options(arch=(ArchOpt, None), classes=(ClassesOpt, None), input_shape=(ShapeOpt, None),
+                           mean=(MeanOpt, None), std=(StdOpt, None), trust_pickle=(TrustOpt, False))
+# The distillation settings of distill, compress and plan.
+SCHEDULE_OPTIONS = _options(
+    student=(StudentOpt, None), recipe=(RecipeOpt, None), epochs=(EpochsOpt, None), time_budget=(BudgetOpt, None),
+    generator=(GeneratorOpt, None), embedding=(EmbeddingOpt, None), text_encoder=(EncoderOpt, None),
+    prompt_template=(TemplateOpt, None), allow_download=(DownloadOpt, False),
+    synthesis_batch=(IntOpt("--synthesis-batch"), None), kd_batch=(IntOpt("--kd-batch"), None),
+    kd_steps=(IntOpt("--kd-steps", "Student steps per epoch."), None),
+    g_steps=(IntOpt("--g-steps", "Generator steps per synthesis round."), None),
+    memory_capacity=(IntOpt("--memory-capacity", "Most synthetic samples kept."), None),
+    device=(DeviceOpt, None), seed=(SeedOpt, None), amp=(AmpOpt, None), channels_last=(ChannelsLastOpt, None))
+# What a training run adds (distill and compress).
+RUN_OPTIONS = _options(eval_data=(EvalOpt, None), compile=(CompileOpt, None), schedule=(ScheduleOpt, None),
+                       resume=(ResumeOpt, False))
+
+
+def with_options(*groups: tuple[pyinspect.Parameter, ...]) -> Any:
+    """Adds the shared option ``groups`` to a command's own parameters (typer reads the signature); the command
+    receives them as one dict, ``options``."""
+    shared = [parameter for group in groups for parameter in group]
+    names = [parameter.name for parameter in shared]
+
+    def decorate(command: Any) -> Any:
+        signature = pyinspect.signature(command, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != "options"]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            options = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, options=options)
+
+        wrapper.__signature__ = signature.replace(parameters=own + shared)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
 # Command-line options that override a DistillConfig field of the same name.
 CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", "text_encoder", "prompt_template",
                   "allow_download", "synthesis_batch", "kd_batch", "kd_steps", "g_steps", "memory_capacity",
                   "device", "seed", "amp", "channels_last", "compile", "schedule")
 
 
-def _config(recipe: str | None, options: dict[str, Any]) -> tuple[Any, set[str]]:
+def _config(options: dict[str, Any]) -> tuple[Any, set[str]]:
     """The run's config, defaults ← recipe ← the command's options (those in CONFIG_OPTIONS), and the settings the
     recipe and options chose (the planner keeps them)."""
     from .distill.config import chosen_keys, load_config
@@ -134,7 +181,7 @@ def _config(recipe: str | None, options: dict[str, Any]) -> tuple[Any, set[str]]
         if overrides.get(key) is not None:
             overrides[key] = overrides[key].value
     overrides["allow_download"] = overrides.get("allow_download") or None
-    return load_config(recipe, overrides), chosen_keys(recipe, overrides)
+    return load_config(options["recipe"], overrides), chosen_keys(options["recipe"], overrides)
 
 
 def _clock_start() -> float:
@@ -144,28 +191,16 @@ def _clock_start() -> float:
 
 
 @app.command()
-def distill(
-    teacher: TeacherArg, out: OutOpt = Path("runs/distill"), student: StudentOpt = None, recipe: RecipeOpt = None,
-    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
-    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, eval_data: EvalOpt = None,
-    epochs: EpochsOpt = None, time_budget: BudgetOpt = None, generator: GeneratorOpt = None,
-    embedding: EmbeddingOpt = None, text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None,
-    allow_download: DownloadOpt = False, synthesis_batch: IntOpt("--synthesis-batch") = None,
-    kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
-    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
-    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
-    device: DeviceOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, as_json: JsonOpt = False,
-    amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
-    schedule: ScheduleOpt = None,
-) -> None:
+@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
+def distill(teacher: TeacherArg, out: OutOpt = Path("runs/distill"), as_json: JsonOpt = False, *,
+            options: dict[str, Any]) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from .distill.run import distill as run_distill
 
-    config, chosen = _config(recipe, locals())
-    metrics = run_distill(teacher, out_dir=out, config=config, eval_data=eval_data, resume=resume,
-                          show_progress=not as_json or sys.stderr.isatty(), user_set=chosen,
-                          clock_start=_clock_start(),
-                          **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+    config, chosen = _config(options)
+    metrics = run_distill(teacher, out_dir=out, config=config, eval_data=options["eval_data"],
+                          resume=options["resume"], show_progress=not as_json or sys.stderr.isatty(),
+                          user_set=chosen, clock_start=_clock_start(), **_teacher_kwargs(options))
     _print_result(metrics, as_json, "distillation")
 
 
@@ -194,38 +229,29 @@ class Precision(str, Enum):
 
 
 @app.command()
+@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
 def compress(
     teacher: TeacherArg,
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
-    out: OutOpt = Path("runs/compress"), student: StudentOpt = None, recipe: RecipeOpt = None,
-    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
-    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, eval_data: EvalOpt = None,
-    epochs: EpochsOpt = None, time_budget: BudgetOpt = None, generator: GeneratorOpt = None,
-    embedding: EmbeddingOpt = None, text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None,
-    allow_download: DownloadOpt = False, synthesis_batch: IntOpt("--synthesis-batch") = None,
-    kd_batch: IntOpt("--kd-batch") = None, kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
-    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None,
-    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
-    device: DeviceOpt = None, seed: SeedOpt = None,
-    amp: AmpOpt = None, channels_last: ChannelsLastOpt = None, compile: CompileOpt = None,
+    out: OutOpt = Path("runs/compress"),
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
     qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
     min_teacher_retention: RetentionOpt = None, min_teacher_agreement: AgreementOpt = None,
-    resume: ResumeOpt = False, as_json: JsonOpt = False, schedule: ScheduleOpt = None,
+    as_json: JsonOpt = False, *, options: dict[str, Any],
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from .deploy.compress import compress as run_compress
 
-    config, chosen = _config(recipe, locals())
-    metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=eval_data,
+    config, chosen = _config(options)
+    metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=options["eval_data"],
                            user_set=chosen, clock_start=_clock_start(),
                            precision=precision.value if precision else None, qat=qat,
-                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, resume=resume,
-                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
-                           show_progress=not as_json or sys.stderr.isatty(),
-                           **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                           resume=options["resume"], min_teacher_retention=min_teacher_retention,
+                           min_teacher_agreement=min_teacher_agreement,
+                           show_progress=not as_json or sys.stderr.isatty(), **_teacher_kwargs(options))
     _print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:
         _print_deployment(metrics)
@@ -253,26 +279,17 @@ def _print_result(metrics: dict[str, Any], as_json: bool, title: str) -> None:
 
 
 @app.command()
+@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS)
 def plan(
-    teacher: TeacherArg, student: StudentOpt = None, recipe: RecipeOpt = None,
-    arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
-    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False,
-    time_budget: BudgetOpt = None, generator: GeneratorOpt = None, embedding: EmbeddingOpt = None,
-    text_encoder: EncoderOpt = None, prompt_template: TemplateOpt = None, allow_download: DownloadOpt = False,
-    synthesis_batch: IntOpt("--synthesis-batch") = None, kd_batch: IntOpt("--kd-batch") = None,
-    kd_steps: IntOpt("--kd-steps", "Student steps per epoch.") = None,
-    g_steps: IntOpt("--g-steps", "Generator steps per synthesis round.") = None, epochs: EpochsOpt = None,
-    memory_capacity: IntOpt("--memory-capacity", "Most synthetic samples kept.") = None,
+    teacher: TeacherArg,
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Held-out images the run would evaluate on each epoch.")] = 0,
-    device: DeviceOpt = None, seed: SeedOpt = None, amp: AmpOpt = None, channels_last: ChannelsLastOpt = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, *, options: dict[str, Any],
 ) -> None:
     """Measure the step costs here and print the schedule distill would run, without training."""
     from .distill.run import plan as run_plan
 
-    config, chosen = _config(recipe, {**locals(), "compile": None, "schedule": None})
-    result = run_plan(teacher, config=config, user_set=chosen, eval_samples=eval_samples,
-                      **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle))
+    config, chosen = _config(options)
+    result = run_plan(teacher, config=config, user_set=chosen, eval_samples=eval_samples, **_teacher_kwargs(options))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
@@ -284,14 +301,12 @@ def plan(
 
 
 @app.command()
-def inspect(
-    teacher: TeacherArg, arch: ArchOpt = None, classes: ClassesOpt = None, input_shape: ShapeOpt = None,
-    mean: MeanOpt = None, std: StdOpt = None, trust_pickle: TrustOpt = False, as_json: JsonOpt = False,
-) -> None:
+@with_options(TEACHER_OPTIONS)
+def inspect(teacher: TeacherArg, as_json: JsonOpt = False, *, options: dict[str, Any]) -> None:
     """Show a teacher's format, size, number of classes and BatchNorm layers."""
     from .inputs.teacher import inspect_teacher, load_teacher
 
-    info = inspect_teacher(load_teacher(teacher, **_teacher_kwargs(arch, classes, input_shape, mean, std, trust_pickle)))
+    info = inspect_teacher(load_teacher(teacher, **_teacher_kwargs(options)))
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return

@@ -195,7 +195,7 @@ def test_a_momentum_buffer_in_another_memory_format_is_laid_out_like_its_paramet
 def test_resume_accepts_other_device_settings(tmp_path):
     from nayer_edge.core.atomic import atomic_torch_save
     from nayer_edge.distill.checkpoint import read_checkpoint
-    from nayer_edge.inputs.run_folder import CHECKPOINT
+    from nayer_edge.distill.run_folder import CHECKPOINT
 
     saved = load_config(None, {"amp": "fp32", "channels_last": False})
     atomic_torch_save(tmp_path / CHECKPOINT, {"config": saved.to_dict()})

@@ -91,3 +91,31 @@ def test_compress_rejects_what_a_target_cannot_do(digits_teacher, tmp_path):
         result = run_cli("compress", str(digits_teacher.path), "--out", str(tmp_path / "x"), *extra, *FAST)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_deploy_reads_each_sample_memory_once(released, tmp_path, monkeypatch):
+    """Calibration, the agreement proxy and the bundle's reference inputs share one read of each file."""
+    from collections import Counter
+
+    from nayer_edge.deploy.compress import deploy
+    from nayer_edge.synthesis.memory import SampleMemory
+
+    source, _ = released
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    reads: Counter = Counter()
+    load = SampleMemory.load.__func__
+
+    def counting(cls, path, *args, **kwargs):
+        reads[str(path)] += 1
+        return load(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(SampleMemory, "load", classmethod(counting))
+    metrics = deploy(run_dir, target="jetson", qat=False, show_progress=False)
+    assert metrics["bundle"] is not None and metrics["teacher_agreement_synthetic"] is not None
+    assert reads == Counter({str(run_dir / "samples.npz"): 1, str(run_dir / "holdout.npz"): 1}), reads
+    # Outside a command nothing is kept: the next read reads the file again.
+    from nayer_edge.distill.run_folder import read_memory
+
+    read_memory(run_dir)
+    assert reads[str(run_dir / "samples.npz")] == 2

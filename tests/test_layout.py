@@ -120,7 +120,7 @@ def _code_strings(path: Path) -> list[tuple[int, str]]:
 
 
 def test_the_run_folder_has_one_owner():
-    from nayer_edge.inputs import run_folder
+    from nayer_edge.distill import run_folder
 
     names = {v for k, v in vars(run_folder).items() if k.isupper() and isinstance(v, str)}
     assert {"student.json", "samples.npz", "holdout.npz", "metrics.json", "config.json"} <= names

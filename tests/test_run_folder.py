@@ -89,7 +89,7 @@ def test_a_damaged_student_json_is_named_with_what_is_wrong(run_dir, path, value
 
 @pytest.mark.parametrize("content", [[SPEC], "null", "[1, 2"])
 def test_student_json_that_is_not_an_object(run_dir, content):
-    from nayer_edge.inputs.run_folder import read_student_spec
+    from nayer_edge.distill.run_folder import read_student_spec
 
     (run_dir / "student.json").write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(UserError, match="student.json: (expected a JSON object|unreadable)"):
@@ -228,7 +228,7 @@ def test_quantize_exports_again_when_student_onnx_is_of_an_earlier_student(run_d
     changed student.pt, quantize does not calibrate the old student's ONNX."""
     import onnx
 
-    from nayer_edge.inputs.run_folder import student_sha256
+    from nayer_edge.distill.run_folder import student_sha256
     from nayer_edge.onnx_model.student import export
     from nayer_edge.quantize.run import quantize
     from nayer_edge.zoo import create_model

@@ -421,7 +421,7 @@ def _teacher_sha256(teacher_path: str | os.PathLike[str] | None, run_dir: str | 
             raise UserError(f"{p}: no such teacher file")
         return sha256_file(p)
     if run_dir is not None:
-        from ..inputs.run_folder import recorded_teacher_sha256
+        from ..distill.run_folder import recorded_teacher_sha256
 
         return recorded_teacher_sha256(Path(run_dir))
     return None

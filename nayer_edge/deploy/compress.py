@@ -15,11 +15,12 @@ from ..core.atomic import atomic_write_text, remove_temporaries
 from ..core.errors import UserError
 from ..core.interrupt import names_checkpoint
 from ..core.optional import require
+from ..distill import run_folder as rf
 from ..distill.config import DistillConfig
-from ..inputs import run_folder as rf
-from ..inputs.run_folder import CHECKPOINT
+from ..distill.run_folder import CHECKPOINT
 
 
+@rf.reading_once
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
@@ -60,6 +61,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                        qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
 
 
+@rf.reading_once
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
            min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
@@ -72,7 +74,7 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
 
         deploy("runs/digits", target="jetson", eval_data="heldout.npz")["bundle"]["archive"]
     """
-    from ..inputs.run_folder import read_student_spec, require_code_trust
+    from ..distill.run_folder import read_student_spec, require_code_trust
 
     run_dir = Path(run_dir)
     require_code_trust(run_dir, read_student_spec(run_dir), trust_code)
@@ -80,8 +82,8 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
                            min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
     try:
-        metrics = json.loads((run_dir / rf.METRICS).read_text())
-    except (OSError, ValueError):
+        metrics = rf.read_json(run_dir / rf.METRICS)
+    except UserError:
         raise UserError(f"{run_dir}: no readable metrics.json; re-run distill") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
@@ -265,19 +267,17 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
 def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
     """Read the run's sample memories before anything is written: a damaged one stops the deployment with the
     folder as it was (the later stages calibrate, fine-tune and make reference inputs from them)."""
-    from ..synthesis.memory import SampleMemory
-
     if needs_samples and not (out_dir / rf.MEMORY).is_file():
-        raise UserError(f"{out_dir}: no samples.npz (the synthetic memory) to calibrate INT8 on; re-run distill")
+        raise UserError(f"{out_dir}: no {rf.MEMORY} (the synthetic memory) to calibrate INT8 on; re-run distill")
     for name in (rf.MEMORY, rf.HOLDOUT):
         if (out_dir / name).is_file():
-            SampleMemory.load(out_dir / name)
+            rf.read_memory(out_dir, name)  # the later stages get this read, not another
 
 
 def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
     """The teacher's top-1 on the eval data (for a run folder distilled without it, or with other data)."""
+    from ..distill.run_folder import read_student_spec
     from ..inputs.evaldata import load_eval_data
-    from ..inputs.run_folder import read_student_spec
     from .gates import teacher_predictions
 
     student = read_student_spec(out_dir)
@@ -287,11 +287,9 @@ def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
 
 def _synthetic_agreement(out_dir: Path, deployed: str, teacher: Any) -> float | None:
     """Top-1 agreement of the deployed model with the teacher on the held-out synthetic samples (None: none)."""
-    from ..synthesis.memory import SampleMemory
     from .gates import onnx_predictions, teacher_predictions
 
-    holdout = out_dir / rf.HOLDOUT
-    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / rf.MEMORY).all()[0]
+    images = rf.read_held_out_samples(out_dir).all()[0]
     if not len(images):
         return None
     return float((onnx_predictions(deployed, images.numpy()) == teacher_predictions(teacher, images)).mean())
@@ -301,13 +299,11 @@ def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: st
             fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None,
             release: dict[str, Any] | None = None) -> dict[str, Any]:
     """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
-    from ..inputs.run_folder import read_student_spec
-    from ..synthesis.memory import SampleMemory
+    from ..distill.run_folder import read_student_spec
     from .bundle import make_bundle, verify_bundle
 
     student = read_student_spec(out_dir)
-    holdout = out_dir / rf.HOLDOUT
-    images = SampleMemory.load(holdout if holdout.is_file() else out_dir / rf.MEMORY).all()[0]
+    images = rf.read_held_out_samples(out_dir).all()[0]
     made = make_bundle(deployed, out_dir / "bundle", target=spec, classes=student["classes"],
                        input_shape=student["input_shape"], mean=student["mean"], std=student["std"],
                        input_convention="images01", reference_images=images[:64].float(), precision=precision,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError, first_line
-from ..inputs import run_folder as rf
+from ..distill import run_folder as rf
 from ..onnx_model.exporter import IMAGES01, NORMALISED, ParityReport
 from .latency import LatencyStats
 

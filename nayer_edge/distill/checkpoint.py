@@ -15,9 +15,9 @@ import torch
 
 from ..core.atomic import atomic_torch_save
 from ..core.errors import UserError
-from ..inputs.run_folder import CHECKPOINT
 from ..synthesis.memory import SampleMemory
 from .config import DistillConfig
+from .run_folder import CHECKPOINT
 
 # Keys that may change between an interrupted run and its --resume (how the device is used included: a run
 # may continue on another device, where ``amp: auto`` means something else anyway).

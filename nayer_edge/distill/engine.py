@@ -278,50 +278,35 @@ class Distiller:
 
     def kd_step(self) -> torch.Tensor:
         """One student step on a batch of the memory; returns the KD loss as a 0-dim tensor on the device (read
-        once per epoch, so the host runs ahead of the GPU)."""
-        if self.dist.enabled:
-            return self._kd_step_distributed()
-        cfg = self.cfg
-        images, _ = self.memory.sample(cfg.kd_batch, self.rng, device=self.device)
-        images = random_crop_flip(images, self.pad, cfg.augment_flip, self.rng)
-        images = channels_last_input(images, self.channels_last)
-        with self.amp.autocast():
-            with torch.no_grad():
-                teacher_logits = self._teacher_forward(images)
-            self.student.train()
-            student_logits = self._student_forward(images)
-        loss = kd_divergence(student_logits.float(), teacher_logits.float(), cfg.temperature)
-        lr = self.learning_rate()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        finite = torch.isfinite(loss)
-        backward_and_step(self.optimizer, loss, finite, self._kd_scaler)
-        self._kd_nonfinite += ~finite
-        self.state.kd_step += 1
-        return loss.detach()
+        once per epoch, so the host runs ahead of the GPU).
 
-    def _kd_step_distributed(self) -> torch.Tensor:
-        """One KD step under DDP: the batch indices come from the shared stream, each rank takes its own
-        contiguous share of them; gradients are averaged by DDP. Every rank calls backward (a rank that
-        skipped it would leave the others waiting) and the step is skipped on all ranks alike when the
-        averaged gradients, identical everywhere, are not finite."""
+        Under DDP the batch indices come from the shared stream and each rank takes its own contiguous share of
+        them; DDP averages the gradients. Every rank then calls backward (a rank that skipped it would leave the
+        others waiting), and the step is skipped on all ranks alike when the averaged gradients, identical
+        everywhere, are not finite. One process checks the loss instead, before its backward."""
         cfg = self.cfg
-        indices = self.memory.sample_indices(cfg.kd_batch, self.rng)
-        start, stop = self.dist.share(len(indices))
-        images, _ = self.memory.get(indices[start:stop], device=self.device)
-        images = random_crop_flip(images, self.pad, cfg.augment_flip, self.local_rng)
+        if self.dist.enabled:
+            indices = self.memory.sample_indices(cfg.kd_batch, self.rng)
+            start, stop = self.dist.share(len(indices))
+            images, _ = self.memory.get(indices[start:stop], device=self.device)
+            augment_rng, model = self.local_rng, self.ddp_student()
+            forward = model
+        else:
+            images, _ = self.memory.sample(cfg.kd_batch, self.rng, device=self.device)
+            augment_rng, model, forward = self.rng, self.student, self._student_forward
+        images = random_crop_flip(images, self.pad, cfg.augment_flip, augment_rng)
         images = channels_last_input(images, self.channels_last)
-        model = self.ddp_student()
         with self.amp.autocast():
             with torch.no_grad():
                 teacher_logits = self._teacher_forward(images)
             model.train()
-            student_logits = model(images)
+            student_logits = forward(images)
         loss = kd_divergence(student_logits.float(), teacher_logits.float(), cfg.temperature)
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        finite = backward_and_step(self.optimizer, loss, None, self._kd_scaler)
+        finite = backward_and_step(self.optimizer, loss, None if self.dist.enabled else torch.isfinite(loss),
+                                   self._kd_scaler)
         self._kd_nonfinite += ~finite
         self.state.kd_step += 1
         return loss.detach()

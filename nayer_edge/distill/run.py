@@ -12,6 +12,7 @@ import random
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Collection
@@ -23,8 +24,7 @@ from ..core.atomic import atomic_torch_save, atomic_write_text, prepare_output_d
 from ..core.errors import UserError, first_line
 from ..core.interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 from ..core.normalize import NormalizedModel
-from ..inputs import run_folder as rf
-from ..inputs.run_folder import CHECKPOINT, HOLDOUT, MEMORY
+from . import run_folder as rf
 from .checkpoint import (
     changed_on_resume,
     has_memories,
@@ -34,6 +34,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import DistillConfig
+from .run_folder import CHECKPOINT, HOLDOUT, MEMORY
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
 TORCHRUN_REPEAT_WINDOW = 2.0
@@ -220,10 +221,10 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     dist = distributed.init(launch, device)
     try:
         with graceful_stop(TORCHRUN_REPEAT_WINDOW if dist.enabled else 0.0) as stop:
-            metrics = _distill_run(
-                dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
-                eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
-                started=started, stop=stop, user_set=keys, reserve_after=reserve_after)
+            run = RunInputs(config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
+                            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress,
+                            arch=arch, started=started, user_set=keys, reserve_after=reserve_after)
+            metrics = _distill_run(dist, run, stop)
             signalled = dist.all_max(stop.signum)
         if signalled:
             # A signal while the artefacts were written: they are whole, but what was asked for was a stop.
@@ -272,9 +273,11 @@ def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: 
         return Plan({}, {k: getattr(config, k) for k in SCHEDULE_KEYS if k in keys}, None, None, config.time_budget,
                     0.0, 0.0, 0.0, 0.0, 0.0, 0, ("every schedule setting is set: nothing to plan",))
     embeddings = label_embeddings(config, class_names, cache_dir)
-    return _make_plan(config, keys, GuardedTeacher(loaded.model, spec.mean, spec.std),
-                      NormalizedModel(student, spec.mean, spec.std), embeddings, loaded, device, SINGLE, started, 0.0,
-                      eval_samples)
+    run = RunInputs(config=config, out_dir=Path(), device=device, loaded=loaded, class_names=class_names,
+                    eval_set=None, embeddings=embeddings, resume=False, show_progress=False, arch=arch,
+                    started=started, user_set=keys, reserve_after=0.0)
+    return _make_plan(run, GuardedTeacher(loaded.model, spec.mean, spec.std),
+                      NormalizedModel(student, spec.mean, spec.std), SINGLE, eval_samples)
 
 
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
@@ -283,36 +286,57 @@ def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
                      "run without --resume")
 
 
-def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
-                 class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
-                 show_progress: bool, arch: str | None, started: float, stop: StopRequest, user_set: set[str],
-                 reserve_after: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunInputs:
+    """What one distillation run works from, checked and loaded by :func:`distill` before anything is written:
+    handed down whole instead of as keyword relays. ``config`` is the planned one once a plan is made."""
+
+    config: DistillConfig
+    out_dir: Path
+    device: torch.device
+    loaded: Any  # the LoadedTeacher
+    class_names: list[str]
+    eval_set: Any  # (images, labels) on rank 0 with --eval-data, else None
+    embeddings: torch.Tensor | None
+    resume: bool
+    show_progress: bool
+    arch: str | None
+    started: float  # perf_counter() the budget counts from
+    user_set: set[str]  # the settings the user chose: the planner keeps them
+    reserve_after: float  # seconds the caller needs after distill returns (compress: the deployment)
+
+    @property
+    def eval_samples(self) -> int:
+        return int(len(self.eval_set[1])) if self.eval_set is not None else 0
+
+
+@dataclass
+class RunParts:
+    """What :func:`_distill_run` builds for the loop: the models, the checkpoint being resumed, the plan, and
+    where the sample memory lives; ``written`` lists the checkpoints this run wrote (none: a failure undoes
+    the run's output)."""
+
+    teacher_module: Any
+    student: torch.nn.Module
+    student_module: Any
+    checkpoint: dict[str, Any] | None
+    plan: Any
+    memory_path: Path
+    written: list[Path] = field(default_factory=list)
+
+
+def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]:
     from ..zoo import build_student
     from .distributed import quiet_other_ranks, rank_seed
     from .planner import Plan, needs_plan
 
     quiet_other_ranks(dist)
+    config, out_dir, loaded = run.config, run.out_dir, run.loaded
     spec = loaded.spec
     channels, height, width = spec.input_shape
-    # Rank 0 reads the checkpoint and hands it (or its error) to every rank.
-    checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, config, user_set)) if resume else None
-    plan: Plan | None = None
-    if checkpoint is not None and isinstance(checkpoint.get("plan"), dict):
-        config = planned_config(checkpoint, config, user_set)  # the run's own plan, not a new one
-        plan = Plan.from_dict(checkpoint["plan"])
-    if resume and checkpoint is None and dist.is_main:
-        warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=2)
-    saved_teacher = None
-    if checkpoint is not None:  # checkpoints of earlier versions lack it: the finished run's config.json has it
-        from ..inputs.run_folder import recorded_teacher_sha256
-
-        saved_teacher = checkpoint.get("teacher_sha256") or recorded_teacher_sha256(out_dir)
-    if saved_teacher is not None and saved_teacher != loaded.sha256:
-        raise UserError(f"--resume: the run in {out_dir} was distilled from another teacher (sha256 {saved_teacher[:12]}…, "
-                        f"this one {loaded.sha256[:12]}…); resume with the same teacher or use another --out")
-    if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size:
-        raise UserError(f"--resume: the run in {out_dir} used {checkpoint.get('world_size', 1)} process(es); resume it "
-                        f"with as many (torchrun --nnodes × --nproc-per-node), not {dist.world_size}")
+    checkpoint, plan = _resumed_checkpoint(dist, run)
+    if checkpoint is not None and plan is not None:
+        config = planned_config(checkpoint, config, run.user_set)  # the run's own plan, not a new one
 
     # 2. Build the run.
     if config.threads:
@@ -323,14 +347,14 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     # Built again after seeding, so that the student's initial weights depend on the seed alone.
     student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
     student_module = NormalizedModel(student, spec.mean, spec.std)
-    if plan is None and checkpoint is None and needs_plan(config, user_set):
+    if plan is None and checkpoint is None and needs_plan(config, run.user_set):
         # Made once, on rank 0, and shared: every rank runs the same schedule.
         plan = Plan.from_dict(dist.on_main(lambda: _make_plan(
-            config, user_set, teacher_module, student_module, embeddings, loaded, device, dist, started,
-            reserve_after, int(len(eval_set[1])) if eval_set is not None else 0).to_dict()))
+            dc_replace(run, config=config), teacher_module, student_module, dist, run.eval_samples).to_dict()))
         config = plan.apply(config)
-        if show_progress and dist.is_main:
+        if run.show_progress and dist.is_main:
             _print_plan(plan)
+    run = dc_replace(run, config=config)
     if dist.enabled:
         # The same student on every rank; from here on each rank draws its own generators and noisy layers.
         _seed_everything(rank_seed(config.seed, dist.rank))
@@ -343,36 +367,47 @@ def _distill_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: tor
     # Until its first checkpoint, a failed run leaves no trace: the folders it made are removed, a folder that
     # was there stays as it was (an earlier run's checkpoint and samples are only replaced by this run's first
     # checkpoint, so that run can still be resumed).
-    written: list[Path] = []  # the checkpoints this run wrote
+    parts = RunParts(teacher_module, student, student_module, checkpoint, plan, memory_path)
     try:
-        return _build_and_run(
-            dist, config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
-            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress, arch=arch,
-            started=started, stop=stop, checkpoint=checkpoint, teacher_module=teacher_module, student=student,
-            student_module=student_module, memory_path=memory_path, written=written, plan=plan,
-            reserve_after=reserve_after)
+        return _build_and_run(dist, run, parts, stop)
     except BaseException:
-        if dist.is_main and not written:
+        if dist.is_main and not parts.written:
             _undo_output(out_dir, made, memory_path)
         raise
 
 
-def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: torch.device, loaded: Any,
-                   class_names: list[str], eval_set: Any, embeddings: torch.Tensor | None, resume: bool,
-                   show_progress: bool, arch: str | None, started: float, stop: StopRequest, checkpoint: Any,
-                   teacher_module: Any, student: torch.nn.Module, student_module: Any, memory_path: Path,
-                   written: list[Path], plan: Any, reserve_after: float) -> dict[str, Any]:
+def _resumed_checkpoint(dist: Any, run: RunInputs) -> tuple[dict[str, Any] | None, Any]:
+    """With ``--resume``: the checkpoint (read by rank 0 and handed to every rank) and the plan it records,
+    refused when it belongs to another teacher or another number of processes."""
+    from .planner import Plan
+    from .run_folder import recorded_teacher_sha256
+
+    out_dir = run.out_dir
+    checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, run.config, run.user_set)) if run.resume else None
+    if run.resume and checkpoint is None and dist.is_main:
+        warnings.warn(f"--resume: no checkpoint in {out_dir}; starting a new run", stacklevel=3)
+    if checkpoint is None:
+        return None, None
+    plan = Plan.from_dict(checkpoint["plan"]) if isinstance(checkpoint.get("plan"), dict) else None
+    # Checkpoints of earlier versions lack the teacher's sha256: the finished run's config.json has it.
+    saved_teacher = checkpoint.get("teacher_sha256") or recorded_teacher_sha256(out_dir)
+    if saved_teacher is not None and saved_teacher != run.loaded.sha256:
+        raise UserError(f"--resume: the run in {out_dir} was distilled from another teacher (sha256 {saved_teacher[:12]}…, "
+                        f"this one {run.loaded.sha256[:12]}…); resume with the same teacher or use another --out")
+    if checkpoint.get("world_size", 1) != dist.world_size:
+        raise UserError(f"--resume: the run in {out_dir} used {checkpoint.get('world_size', 1)} process(es); resume it "
+                        f"with as many (torchrun --nnodes × --nproc-per-node), not {dist.world_size}")
+    return checkpoint, plan
+
+
+def _build_and_run(dist: Any, run: RunInputs, parts: RunParts, stop: StopRequest) -> dict[str, Any]:
     from ..core.evaluate import accuracy
-    from ..synthesis.memory import SampleMemory
-    from ..zoo import describe_student
-    from .distributed import read_bytes_on_main
     from .engine import Distiller
 
-    spec = loaded.spec
-    channels, height, width = spec.input_shape
-    distiller = Distiller(teacher_module, student_module, embeddings, config, spec.input_shape,
-                          loaded.num_classes, device, memory_path=memory_path, dist=dist)
-    distiller.fit_epochs_to_clock = (plan is not None and "epochs" in plan.values
+    config, loaded = run.config, run.loaded
+    distiller = Distiller(parts.teacher_module, parts.student_module, run.embeddings, config, loaded.spec.input_shape,
+                          loaded.num_classes, run.device, memory_path=parts.memory_path, dist=dist)
+    distiller.fit_epochs_to_clock = (parts.plan is not None and "epochs" in parts.plan.values
                                      and config.time_budget is not None)
     notes = list(loaded.notes)
     if distiller.probe.num_layers == 0:
@@ -380,17 +415,43 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
                    "(samples rely on the class and adversarial terms)")
         warnings.warn(message, stacklevel=2)
         notes.append(message)
-    changed = changed_on_resume(checkpoint, config) if checkpoint is not None else []
+    if parts.checkpoint is not None:
+        notes += _restore(dist, run, parts.checkpoint, distiller)
+    if dist.is_main:
+        remove_temporaries(run.out_dir)
+    teacher_accuracy = (accuracy(parts.teacher_module, *run.eval_set, device=run.device)
+                        if run.eval_set is not None else None)
+    resolved = _resolved_record(run, parts.plan)
+    state = _train(dist, run, parts, distiller, stop, resolved["plan"])
+
+    # 4. Artefacts, by rank 0; the others wait for its metrics and return them.
+    distiller.release()
+    if not dist.is_main:
+        parts.memory_path.unlink(missing_ok=True)
+        return dist.broadcast_object(None)
+    if not parts.written and not run.resume:
+        (run.out_dir / CHECKPOINT).unlink(missing_ok=True)  # an earlier run's: stopped before its first epoch ended
+    metrics = _metrics(dist, run, parts, distiller, state, notes, teacher_accuracy, resolved["plan"])
+    _write_artefacts(run, parts, distiller, state, resolved, metrics)
+    return dist.broadcast_object(metrics)
+
+
+def _restore(dist: Any, run: RunInputs, checkpoint: dict[str, Any], distiller: Any) -> list[str]:
+    """Load a checkpoint and its sample memories into ``distiller``; returns the notes it calls for."""
+    from ..synthesis.memory import SampleMemory
+    from .distributed import read_bytes_on_main
+
+    out_dir, config, notes = run.out_dir, run.config, []
+    changed = changed_on_resume(checkpoint, config)
     if changed:
         message = (f"resumed with other settings ({', '.join(changed)}): the result can differ from an "
                    "uninterrupted run's")
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)
         notes.append(message)
-    if checkpoint is not None and has_memories(checkpoint):
-        def memories() -> tuple[Any, Any]:
-            return (restore_memory(checkpoint["memory_ring"], into=distiller.memory),
+    if has_memories(checkpoint):
+        memories = (restore_memory(checkpoint["memory_ring"], into=distiller.memory),
                     restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
-    elif checkpoint is not None:
+    else:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
                 raise UserError(f"--resume: {out_dir} has a checkpoint but not its {MEMORY} / {HOLDOUT}; "
@@ -400,38 +461,43 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         sources: list[Any] = [out_dir / MEMORY, out_dir / HOLDOUT]
         if dist.enabled:
             sources = read_bytes_on_main(dist, sources)
-        loaded_memories = (SampleMemory.load(sources[0], config.memory_capacity), SampleMemory.load(sources[1]))
+        memories = (SampleMemory.load(sources[0], config.memory_capacity), SampleMemory.load(sources[1]))
+    try:
+        distiller.load_state_dict(checkpoint, *memories)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise _checkpoint_does_not_fit(out_dir, err) from None
+    return notes
 
-        def memories() -> tuple[Any, Any]:
-            return loaded_memories
-    if checkpoint is not None:
-        try:
-            distiller.load_state_dict(checkpoint, *memories())
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-            raise _checkpoint_does_not_fit(out_dir, err) from None
-    if dist.is_main:
-        remove_temporaries(out_dir)
 
-    teacher_accuracy = accuracy(teacher_module, *eval_set, device=device) if eval_set is not None else None
-    # Absolute, so that export --target and quantize --qat find the teacher from any working directory.
-    resolved = {"config": config.to_dict(), "teacher": {"path": str(Path(loaded.path).resolve()), "format": loaded.format,
-                "sha256": loaded.sha256, "input_shape": list(spec.input_shape), "mean": list(spec.mean),
-                "std": list(spec.std), "classes": class_names, "arch": arch},
-                "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__},
-                "plan": plan.to_dict() if plan is not None else None}
+def _resolved_record(run: RunInputs, plan: Any) -> dict[str, Any]:
+    """``config.json``: the resolved config, the teacher (its path absolute, so that export --target and quantize
+    --qat find it from any working directory), the versions, and the plan."""
+    loaded, spec = run.loaded, run.loaded.spec
+    return {"config": run.config.to_dict(),
+            "teacher": {"path": str(Path(loaded.path).resolve()), "format": loaded.format, "sha256": loaded.sha256,
+                        "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
+                        "classes": run.class_names, "arch": run.arch},
+            "versions": {"nayer_edge": __import__("nayer_edge").__version__, "torch": torch.__version__},
+            "plan": plan.to_dict() if plan is not None else None}
 
-    def save_checkpoint(d: Distiller) -> None:
+
+def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: StopRequest,
+           plan_record: dict[str, Any] | None) -> Any:
+    """The loop, with checkpoints, the collective stop and the time budget; returns its final state."""
+    config, out_dir = run.config, run.out_dir
+
+    def save_checkpoint(d: Any) -> None:
         state = d.state_dict()  # on every rank: distributed, it gathers each rank's own state
         # Only rank 0 writes. The other ranks do not wait for it here: they go on synthesising the next
         # round and meet rank 0 at its all-gather (within the process group's timeout).
         if dist.is_main:
-            write_checkpoint(out_dir / CHECKPOINT, {**state, "teacher_sha256": loaded.sha256,
-                                                    "plan": resolved["plan"]}, config, d.memory, d.holdout)
-            if not written and not resume:
+            write_checkpoint(out_dir / CHECKPOINT, {**state, "teacher_sha256": run.loaded.sha256,
+                                                    "plan": plan_record}, config, d.memory, d.holdout)
+            if not parts.written and not run.resume:
                 # This run's first checkpoint has replaced an earlier run's: that run's samples go with it.
                 for stale in (MEMORY, HOLDOUT):
                     (out_dir / stale).unlink(missing_ok=True)
-            written.append(out_dir / CHECKPOINT)
+            parts.written.append(out_dir / CHECKPOINT)
 
     polls = itertools.count()
 
@@ -446,60 +512,61 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
 
     # 3. Run, within what the budget leaves after the work so far and before the work after the loop.
     if config.time_budget is not None:
-        left = config.time_budget - (time.perf_counter() - started) - reserve_after - _final_reserve(config, plan)
+        spent = time.perf_counter() - run.started
+        left = config.time_budget - spent - run.reserve_after - _final_reserve(config, parts.plan)
         if left <= 0 and distiller.state.epoch == 0 and not distiller.state.kd_step:
             raise UserError(f"the time budget ({config.time_budget:g} s) is spent before the first synthesis round "
-                            f"({time.perf_counter() - started:.0f} s of setup, {reserve_after:.0f} s kept for what "
+                            f"({spent:.0f} s of setup, {run.reserve_after:.0f} s kept for what "
                             f"follows); use a larger --time-budget")
         distiller.loop_budget = distiller.state.elapsed + left
-    if show_progress and dist.is_main:
+    if run.show_progress and dist.is_main:
         from .progress import RichProgress
 
         with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
             try:
-                state = distiller.run(eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step,
+                state = distiller.run(run.eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step,
                                       checkpoint=save_checkpoint, stop=stop_now)
             except UserError:
                 bar.progress.live.transient = True  # the bar goes: the error line alone says what happened
                 raise
     else:
-        state = distiller.run(eval_set, checkpoint=save_checkpoint, stop=stop_now)
+        state = distiller.run(run.eval_set, checkpoint=save_checkpoint, stop=stop_now)
     if state.stopped_by == "interrupted":
         dist.barrier()  # no rank exits (and has torchrun stop the others) before rank 0 has written the checkpoint
         if dist.is_main:
-            memory_path.unlink(missing_ok=True)
+            parts.memory_path.unlink(missing_ok=True)
         raise Interrupted(stop.agreed, graceful=True, checkpoint=out_dir / CHECKPOINT, where=_position(state, config))
+    return state
 
-    # 4. Artefacts, by rank 0; the others wait for its metrics and return them.
-    distiller.release()
-    if not dist.is_main:
-        memory_path.unlink(missing_ok=True)
-        return dist.broadcast_object(None)
-    from ..core.plots import save_sample_grid, save_training_curves
 
-    if not written and not resume:
-        (out_dir / CHECKPOINT).unlink(missing_ok=True)  # an earlier run's: stopped before its first epoch ended
+def _metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, state: Any, notes: list[str],
+             teacher_accuracy: float | None, plan_record: dict[str, Any] | None) -> dict[str, Any]:
+    """``metrics.json`` of a finished run (rank 0)."""
+    from ..core.evaluate import accuracy
+
+    config, loaded, eval_set = run.config, run.loaded, run.eval_set
     if any(distiller.nonfinite.values()):
         skipped = distiller.nonfinite
         notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
                      f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
     rounds = (distiller.memory.total_added + distiller.holdout.total_added) // max(1, config.synthesis_batch)
     untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
-                                 setup_seconds=time.perf_counter() - started - state.elapsed)
+                                 setup_seconds=time.perf_counter() - run.started - state.elapsed)
     if untrained:
         notes.append(untrained)
-    student_params = sum(p.numel() for p in student.parameters())
-    metrics: dict[str, Any] = {
-        "plan": resolved["plan"],
+    student_params = sum(p.numel() for p in parts.student.parameters())
+    return {
+        "plan": plan_record,
         "teacher_accuracy": teacher_accuracy,
-        "student_accuracy": accuracy(student_module, *eval_set, device=device) if eval_set is not None else None,
+        "student_accuracy": (accuracy(parts.student_module, *eval_set, device=run.device)
+                             if eval_set is not None else None),
         "agreement": distiller.holdout_agreement(),
         "epochs": state.epoch,
         "kd_steps": state.kd_step,
         "kd_steps_per_epoch": config.kd_steps,
         "synthesis_rounds": int(rounds),
         "untrained": untrained,
-        "wall_seconds": round(time.perf_counter() - started, 2),
+        "wall_seconds": round(time.perf_counter() - run.started, 2),
         "distill_seconds": round(state.elapsed, 2),
         "stopped_by": state.stopped_by or "epochs",
         "student": config.student,
@@ -516,12 +583,23 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
         "channels_last": distiller.channels_last,
         "generator": config.generator,
         "embedding": config.embedding if config.generator == "nayer" else None,
-        "eval_samples": int(len(eval_set[1])) if eval_set is not None else 0,
-        "embedding_separation": _separation(embeddings),
+        "eval_samples": run.eval_samples,
+        "embedding_separation": _separation(run.embeddings),
         "notes": notes,
         "world_size": dist.world_size,
         "history": state.history,
     }
+
+
+def _write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any, resolved: dict[str, Any],
+                     metrics: dict[str, Any]) -> None:
+    """The finished run folder (rank 0); ``metrics.json`` last, so that a run folder with one is whole."""
+    from ..core.plots import save_sample_grid, save_training_curves
+    from ..zoo import describe_student
+
+    out_dir, config, loaded, student = run.out_dir, run.config, run.loaded, parts.student
+    spec = loaded.spec
+    channels, height, _ = spec.input_shape
     student.eval().to("cpu", memory_format=torch.contiguous_format)  # artefacts in the usual layout
     distiller.memory.save(out_dir / MEMORY)
     distiller.holdout.save(out_dir / HOLDOUT)
@@ -531,19 +609,18 @@ def _build_and_run(dist: Any, *, config: DistillConfig, out_dir: Path, device: t
     atomic_write_text(out_dir / rf.STUDENT_SPEC, json.dumps({
         "architecture": describe_student(config.student, loaded.num_classes, channels, height),
         "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
-        "classes": class_names, "input": "normalised: (x - mean) / std of images in [0, 1]",
+        "classes": run.class_names, "input": "normalised: (x - mean) / std of images in [0, 1]",
     }, indent=2))
     atomic_write_text(out_dir / rf.CONFIG, json.dumps(resolved, indent=2))
     images, labels = distiller.memory.all()
-    newest = slice(-min(len(images), 8 * 20 * len(class_names)), None)  # enough for 8 per class of 20 rows
-    save_sample_grid(images[newest], labels[newest], class_names, out_dir / rf.SAMPLE_GRID)
+    newest = slice(-min(len(images), 8 * 20 * len(run.class_names)), None)  # enough for 8 per class of 20 rows
+    save_sample_grid(images[newest], labels[newest], run.class_names, out_dir / rf.SAMPLE_GRID)
     save_training_curves(state.history, out_dir / rf.CURVES)
     metrics["artifacts"] = {name: str(out_dir / name) for name in
                             (rf.STUDENT_TS, rf.STUDENT_WEIGHTS, rf.STUDENT_SPEC, rf.CONFIG, rf.SAMPLE_GRID, rf.CURVES,
                              MEMORY, CHECKPOINT)}
     atomic_write_text(out_dir / rf.METRICS, json.dumps(metrics, indent=2))
     (out_dir / rf.MEMORY_MMAP).unlink(missing_ok=True)
-    return dist.broadcast_object(metrics)
 
 
 def untrained_reason(config: DistillConfig, *, kd_steps: int, rounds: int, distill_seconds: float,
@@ -582,28 +659,29 @@ def _final_reserve(config: DistillConfig, plan: Any) -> float:
     return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / WRITE_BYTES_PER_SECOND
 
 
-def _make_plan(config: DistillConfig, user_set: set[str], teacher_module: Any, student_module: Any,
-               embeddings: torch.Tensor | None, loaded: Any, device: torch.device, dist: Any, started: float,
-               reserve_after: float, eval_samples: int) -> Any:
-    """Measure the step costs here and plan the schedule (see :mod:`nayer_edge.distill.planner`). The arguments are the
-    run's own inputs, passed as they are; the models are copied before any step is taken."""
+def _make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: Any, eval_samples: int) -> Any:
+    """Measure the step costs here and plan the schedule (see :mod:`nayer_edge.distill.planner`) for the run's own
+    inputs and ``eval_samples`` held-out images to evaluate each epoch; the models are copied before any step is
+    taken."""
     import copy
 
     from .engine import Distiller
     from .planner import measure_step_costs, plan_schedule, planned_ngf, ram_bytes, smallest_budget
 
+    config, user_set, loaded, started = run.config, run.user_set, run.loaded, run.started
     config = dc_replace(config, ngf=planned_ngf(config, user_set, loaded.spec.input_shape))  # measured as it will run
 
     def make(trial: DistillConfig) -> Distiller:
-        return Distiller(teacher_module, copy.deepcopy(student_module), embeddings, trial, loaded.spec.input_shape,
-                         loaded.num_classes, device)
+        return Distiller(teacher_module, copy.deepcopy(student_module), run.embeddings, trial, loaded.spec.input_shape,
+                         loaded.num_classes, run.device)
 
     costs = measure_step_costs(make, config, num_classes=loaded.num_classes)
 
     def attempt(final_reserve: float) -> Any:
         loop_budget = None
         if config.time_budget is not None:
-            outside = (time.perf_counter() - started) + reserve_after + final_reserve + costs.forward(eval_samples) * 0.5
+            outside = ((time.perf_counter() - started) + run.reserve_after + final_reserve
+                       + costs.forward(eval_samples) * 0.5)
             loop_budget = config.time_budget - outside
         return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes, loop_budget=loop_budget,
                              eval_samples=eval_samples, world_size=dist.world_size, ram_bytes=ram_bytes())
@@ -612,7 +690,7 @@ def _make_plan(config: DistillConfig, user_set: set[str], teacher_module: Any, s
         first = attempt(FINAL_FIXED_SECONDS)
         return attempt(_final_reserve(first.apply(config), first))
     except UserError as err:
-        outside = (time.perf_counter() - started) + reserve_after + FINAL_FIXED_SECONDS
+        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
         least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
         raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
                         f"use at least --time-budget {least:g}") from None

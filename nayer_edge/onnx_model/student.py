@@ -10,8 +10,8 @@ import torch
 
 from ..core.errors import UserError
 from ..core.optional import require
-from ..inputs import run_folder as rf
-from ..inputs.run_folder import read_student_spec, require_code_trust, student_sha256
+from ..distill import run_folder as rf
+from ..distill.run_folder import read_student_spec, require_code_trust, student_sha256
 
 
 def _loading_error_line(err: BaseException) -> str:
@@ -58,6 +58,7 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
     return model.eval(), spec
 
 
+@rf.reading_once
 def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fold_normalization: bool = True,
            opset: int = 17, parity_samples: int = 64, trust_code: bool = False) -> dict[str, Any]:
     """Export the student of ``run_dir`` to ONNX and check it against PyTorch in onnxruntime.

@@ -10,7 +10,6 @@ Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -19,12 +18,13 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError, first_line
-from ..inputs import run_folder as rf
+from ..distill import run_folder as rf
 
 Layout = Literal["ort", "tensorrt"]
 DEPLOYED = rf.STUDENT_INT8_ONNX
 
 
+@rf.reading_once
 def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
              teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
              calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
@@ -41,9 +41,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from ..inputs.run_folder import read_student_spec, require_code_trust, student_sha256
+    from ..distill.run_folder import read_student_spec, require_code_trust, student_sha256
     from ..onnx_model.student import check_onnx_fits, export
-    from ..synthesis.memory import SampleMemory
 
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
@@ -57,7 +56,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         raise UserError(f"layout must be 'ort' or 'tensorrt', got {layout!r}")
     samples_path, holdout_path = run_dir / rf.MEMORY, run_dir / rf.HOLDOUT
     if not samples_path.is_file():
-        raise UserError(f"{run_dir}: no samples.npz (the synthetic memory); re-run distill with this nayer-edge")
+        raise UserError(f"{run_dir}: no {rf.MEMORY} (the synthetic memory); re-run distill with this nayer-edge")
     if calibration < 1:
         raise UserError(f"calibration must be a positive number of samples, got {calibration}")
     eval_set = None
@@ -75,8 +74,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
                          else load_run_teacher(run_dir, teacher, teacher_options))
 
     # The memories are read before anything is written: a damaged one leaves the folder as it was.
-    images, _ = SampleMemory.load(samples_path).all()
-    holdout = SampleMemory.load(holdout_path).all()[0] if holdout_path.is_file() else None
+    images, _ = rf.read_memory(run_dir, rf.MEMORY).all()
+    holdout = rf.read_memory(run_dir, rf.HOLDOUT).all()[0] if holdout_path.is_file() else None
     for path, held in ((samples_path, images), (holdout_path, holdout)):
         if held is not None and len(held) and list(held.shape[1:]) != list(spec["input_shape"]):
             raise UserError(f"{path}: samples of shape {list(held.shape[1:])}, but the student takes "
@@ -227,8 +226,8 @@ def load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[st
 def _recorded(run_dir: Path, key: str) -> dict[str, Any] | None:
     """``config.json``'s section ``key`` (None when there is no readable one; UserError when it is damaged)."""
     try:
-        data = json.loads((run_dir / rf.CONFIG).read_text())
-    except (OSError, ValueError):
+        data = rf.read_json(run_dir / rf.CONFIG)
+    except UserError:
         return None
     if not isinstance(data, dict) or key not in data:
         return None

@@ -7,12 +7,16 @@ of a run folder is spelled anywhere else.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 from ..core.errors import UserError
+T = TypeVar("T")
 
 STUDENT_TS = "student.ts"  # the student as TorchScript: loads anywhere torch does
 STUDENT_WEIGHTS = "student.pt"  # its weights-only state dict (rebuilt from STUDENT_SPEC)
@@ -35,12 +39,77 @@ STUDENT_QAT_FP32_ONNX = "student.qat-fp32.onnx"  # the fine-tuned FP32 student b
 STUDENT_TRT_INT8_ONNX = "student.trt-int8.onnx"
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file of a run folder, or UserError naming it."""
+def _stamp(path: Path) -> tuple[str, int, int, int]:
+    """What identifies a file's content for the cache: an atomic rewrite is a new inode."""
+    st = path.stat()
+    return str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size
+
+
+_reads: dict[tuple[Any, ...], Any] | None = None  # the cache of the open reads_once() scope, if any
+_depth = 0
+
+
+@contextlib.contextmanager
+def reads_once() -> Iterator[None]:
+    """Within this block each run-folder file is read once while it stays as it is (``compress`` calibrates,
+    measures agreement and bundles from one read of the samples); the cache goes when the outermost block
+    ends, so that a library caller is not left holding sample memories. Outside a block every call reads."""
+    global _reads, _depth
+    if _depth == 0:
+        _reads = {}
+    _depth += 1
     try:
-        return json.loads(Path(path).read_text())
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            _reads = None
+
+
+def reading_once(function: Callable[..., T]) -> Callable[..., T]:
+    """``function`` runs inside :func:`reads_once` (the commands that read a run folder: export, quantize,
+    deploy, compress)."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with reads_once():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _cached(kind: str, path: Path, read: Callable[[Path], Any]) -> Any:
+    if _reads is None:
+        return read(path)
+    key = (kind, *_stamp(path))
+    if key not in _reads:
+        _reads[key] = read(path)
+    return _reads[key]
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder (a copy: change it freely), or UserError naming it (see :func:`reads_once`)."""
+    try:
+        return copy.deepcopy(_cached("json", Path(path), lambda p: json.loads(p.read_text())))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable ({type(err).__name__}: {err}); re-run distill") from None
+
+
+def read_memory(run_dir: str | Path, name: str = MEMORY) -> Any:
+    """A finished run's sample memory (``MEMORY`` or ``HOLDOUT``), or UserError naming it; within
+    :func:`reads_once` one read is shared, so treat it as read-only."""
+    from ..synthesis.memory import SampleMemory  # here, not above: the CLI imports this module without torch
+
+    path = Path(run_dir) / name
+    try:
+        return _cached("memory", path, SampleMemory.load)
+    except OSError as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}); re-run distill") from None
+
+
+def read_held_out_samples(run_dir: str | Path) -> Any:
+    """The synthetic samples the student never trained on (``HOLDOUT``); the training memory in run folders
+    written before there was a holdout."""
+    return read_memory(run_dir, HOLDOUT if (Path(run_dir) / HOLDOUT).is_file() else MEMORY)
 
 
 def read_student_spec(run_dir: str | Path) -> dict[str, Any]:
@@ -129,7 +198,7 @@ def student_sha256(run_dir: Path) -> str:
 def recorded_teacher_sha256(run_dir: Path) -> str | None:
     """The sha256 of the teacher a finished run's ``config.json`` records, or None (no readable record)."""
     try:
-        sha = json.loads((run_dir / CONFIG).read_text())["teacher"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        sha = read_json(run_dir / CONFIG)["teacher"]["sha256"]
+    except (UserError, KeyError, TypeError):
         return None
     return sha if isinstance(sha, str) else None
