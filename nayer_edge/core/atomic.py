@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import UserError
+
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     path = Path(path)
@@ -26,8 +28,6 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if _out_of_space(err, path.parent):
-            from .errors import UserError
-
             raise UserError(f"no space left on the device writing {path}; free some space or write to another "
                             "folder") from None
         raise
@@ -85,8 +85,6 @@ def prepare_output_dir(out_dir: Path) -> None:
     Permission bits do not say (root passes ``os.access`` on a read-only filesystem), so the folder is made and
     a probe file written and removed in it; whatever the probe made is removed again, so the folder is only
     really created when the run starts writing."""
-    from .errors import UserError
-
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} is a file; pass --out with a folder path")
     parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
@@ -120,8 +118,6 @@ def prepare_output_dir(out_dir: Path) -> None:
 def prepare_output_file(path: Path) -> None:
     """Fail early, before any work, if the file ``path`` (an ``--out``) cannot be written: a folder there, a
     file where its folder should be, or a folder that cannot be made or written."""
-    from .errors import UserError
-
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; pass --out with a file path (or leave it out)")
     prepare_output_dir(path.parent)

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import atomic_write_bytes, atomic_write_text
+from ..core.errors import UserError
+from ..core.evaluate import accuracy
+from ..core.normalize import NormalizedModel
 from ..core.optional import require
+from ..inputs.evaldata import save_npz
+from ..synthesis.augment import random_crop_flip
+from ..zoo import create_model
 
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 INPUT_SHAPE = (1, 16, 16)
@@ -52,11 +59,6 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
 def train_digits_teacher(epochs: int = 40, seed: int = 0) -> tuple[torch.nn.Module, float]:
     """Train the teacher on the training split; returns the model (expects normalised input) and its
     held-out accuracy."""
-    from ..core.evaluate import accuracy
-    from ..core.normalize import NormalizedModel
-    from ..synthesis.augment import random_crop_flip
-    from ..zoo import create_model
-
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     x_train, y_train, x_test, y_test = load_digits_split()
@@ -82,10 +84,6 @@ def train_digits_teacher(epochs: int = 40, seed: int = 0) -> tuple[torch.nn.Modu
 
 def ensure_digits_teacher(cache_dir: Path | None = None) -> DigitsTeacher:
     """Train the demo teacher once and cache it as TorchScript with its metadata and the held-out split."""
-    from ..core.atomic import atomic_write_bytes, atomic_write_text
-    from ..core.errors import UserError
-    from ..inputs.evaldata import save_npz
-
     folder = (cache_dir or default_cache_dir()) / "demo"
     teacher_path, eval_path, info_path = folder / "digits_teacher.pt", folder / "digits_heldout.npz", folder / "info.json"
     if teacher_path.is_file() and eval_path.is_file() and info_path.is_file():

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..distill.config import DistillConfig, load_config
+from ..deploy.compress import compress
+from ..distill.config import DistillConfig, chosen_keys, load_config
+from .digits import ensure_digits_teacher
 
 
 def demo(out_dir: str | Path = "runs/demo", *, config: DistillConfig | None = None, show_progress: bool = True,
@@ -13,10 +15,6 @@ def demo(out_dir: str | Path = "runs/demo", *, config: DistillConfig | None = No
          clock_start: float | None = None) -> dict[str, Any]:
     """Train (once, cached) the digits teacher, then compress it for ``target`` with no access to its training
     images: distil, quantize, export, verify; teacher vs student top-1 on the held-out real digits."""
-    from ..deploy.compress import compress
-    from ..distill.config import chosen_keys
-    from .digits import ensure_digits_teacher
-
     teacher = ensure_digits_teacher(cache_dir)  # trained once and cached; not charged to the budget
     return compress(teacher.teacher_path, target=target, out_dir=out_dir,
                     config=config or load_config("demo-digits"), eval_data=teacher.eval_path,

@@ -48,10 +48,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..core.atomic import atomic_write, fsync_dir, sha256_file
 from ..core.errors import UserError, first_line
 from ..core.interrupt import signals_deferred
 from ..core.optional import require
+from ..distill.run_folder import recorded_teacher_sha256
+from ..inputs.evaldata import load_eval_data
+from ..quantize.trt_rules import tensorrt_qdq_violations
 from .bundle_docs import deepstream_config, render_readme
 from .targets import Target, load_target
 
@@ -190,8 +194,6 @@ def make_bundle(
     spec = _validate(src, out, tgt, classes, input_shape, mean, std, input_convention, precision,
                      reference_limit, labelled_limit, expected_accuracy)
     if check_qdq and precision == "int8" and tgt.runtime == "tensorrt":
-        from ..quantize.trt_rules import tensorrt_qdq_violations
-
         problems = tensorrt_qdq_violations(src)
         if problems:
             raise UserError(f"{src} breaks TensorRT's Q/DQ rules ({len(problems)} problem(s)), first: "
@@ -363,8 +365,6 @@ def _as_images(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def _labelled_subset(eval_data: Any, spec: dict[str, Any], limit: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(eval_data, (str, os.PathLike)):
-        from ..inputs.evaldata import load_eval_data
-
         x, y = load_eval_data(eval_data, input_shape=spec["shape"], classes=spec["classes"])
     else:
         try:
@@ -421,15 +421,11 @@ def _teacher_sha256(teacher_path: str | os.PathLike[str] | None, run_dir: str | 
             raise UserError(f"{p}: no such teacher file")
         return sha256_file(p)
     if run_dir is not None:
-        from ..distill.run_folder import recorded_teacher_sha256
-
         return recorded_teacher_sha256(Path(run_dir))
     return None
 
 
 def _versions(ort: Any, onnx: Any) -> dict[str, str | None]:
-    from .. import __version__
-
     try:
         import torch
 
@@ -566,8 +562,6 @@ def _compare_scripts(folder: Path, manifest: dict[str, Any]) -> list[str]:
     """The bundle's device scripts against this installation's. Made by this version, they must be the same
     bytes (a difference is an edit with the manifest re-sealed); made by another, they may differ, and the
     note says that the device will run scripts this check did not."""
-    from .. import __version__
-
     ours = device_scripts_dir()
     for name in DEVICE_SCRIPTS:
         if not (folder / "scripts" / name).is_file():

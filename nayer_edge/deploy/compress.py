@@ -17,7 +17,17 @@ from ..core.interrupt import names_checkpoint
 from ..core.optional import require
 from ..distill import run_folder as rf
 from ..distill.config import DistillConfig
-from ..distill.run_folder import CHECKPOINT
+from ..distill.distributed import launch_env
+from ..distill.run import distill
+from ..distill.run_folder import CHECKPOINT, read_student_spec, require_code_trust
+from ..inputs.evaldata import load_eval_data
+from ..onnx_model.fp16 import to_fp16
+from ..onnx_model.student import export
+from ..quantize.run import load_run_teacher, quantize
+from .bundle import make_bundle, verify_bundle
+from .gates import PROXY_NOTE, failure_lines, onnx_predictions, release_summary, teacher_gates, teacher_predictions
+from .targets import load_target
+from .verify import Gate, verify
 
 
 @rf.reading_once
@@ -38,9 +48,6 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
         result = compress("teacher.pt", target="cpu-x86", out_dir="runs/release", config=load_config("demo-digits"),
                           eval_data="heldout.npz")
     """
-    from ..distill.distributed import launch_env
-    from ..distill.run import distill
-
     if launch_env().distributed:
         raise UserError("compress runs in one process (its export and quantize stages are not distributed): run "
                         "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
@@ -74,8 +81,6 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
 
         deploy("runs/digits", target="jetson", eval_data="heldout.npz")["bundle"]["archive"]
     """
-    from ..distill.run_folder import read_student_spec, require_code_trust
-
     run_dir = Path(run_dir)
     require_code_trust(run_dir, read_student_spec(run_dir), trust_code)
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
@@ -130,8 +135,6 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
                     max_latency_ms: float | None, has_eval_data: bool, min_teacher_retention: float | None = None,
                     min_teacher_agreement: float | None = None) -> DeploymentPlan:
     """Resolve the target's defaults; raise UserError for a combination the target cannot do."""
-    from .targets import load_target
-
     spec = load_target(target)
     precision = precision or spec.precision
     available = ("fp32", "int8") if spec.runtime == "onnxruntime" else ("fp32", "fp16", "int8")
@@ -161,9 +164,6 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
 def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
             teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool,
             trust_code: bool, qat_seconds: float | None = None) -> dict[str, Any]:
-    from ..onnx_model.student import export
-    from .verify import verify
-
     remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
     spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
     # Everything the later stages read is checked before the first file is written.
@@ -172,8 +172,6 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     measure_teacher = eval_data is not None and metrics.get("teacher_accuracy") is None
     proxy = plan.min_teacher_agreement is not None
     if (precision == "int8" and qat) or measure_teacher or proxy:
-        from ..quantize.run import load_run_teacher
-
         teacher_model = load_run_teacher(out_dir, teacher, teacher_options)
     if measure_teacher:
         metrics["teacher_accuracy"] = _teacher_top1(out_dir, teacher_model, eval_data)
@@ -184,16 +182,12 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
     gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": None if on_device else max_latency_ms}
     int8: dict[str, Any] | None = None
     if precision == "int8":
-        from ..quantize.run import quantize
-
         int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
                         teacher=teacher_model if qat else None, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
                         opset=spec.opset, show_progress=show_progress, trust_code=trust_code,
                         qat_seconds=qat_seconds)
         deployed = int8["int8_onnx"]
     elif precision == "fp16":
-        from ..onnx_model.fp16 import to_fp16
-
         deployed = str(to_fp16(exported["onnx"], out_dir / rf.STUDENT_FP16_ONNX))
     else:
         deployed = exported["onnx"]
@@ -204,7 +198,6 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
                    precision: verify(deployed, eval_data=eval_data, reference=exported["onnx"], batch=spec.batch,
                                      **gates)}
     final = results[precision]
-    from .gates import release_summary, teacher_gates
 
     agreement = _synthetic_agreement(out_dir, deployed, teacher_model) if proxy else None
     against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy, deployed_agreement=agreement,
@@ -215,8 +208,6 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
                      max_accuracy_drop, max_latency_ms, release) if on_device else None
     final_gates = against_teacher + list(final.gates)
     if bundle is not None:
-        from .verify import Gate
-
         failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
         final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
     candidates = int8["candidates"] if int8 else {}
@@ -276,10 +267,6 @@ def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
 
 def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
     """The teacher's top-1 on the eval data (for a run folder distilled without it, or with other data)."""
-    from ..distill.run_folder import read_student_spec
-    from ..inputs.evaldata import load_eval_data
-    from .gates import teacher_predictions
-
     student = read_student_spec(out_dir)
     x, y = load_eval_data(eval_data, input_shape=student["input_shape"], classes=student["classes"])
     return float((teacher_predictions(teacher, x) == y.numpy()).mean())
@@ -287,8 +274,6 @@ def _teacher_top1(out_dir: Path, teacher: Any, eval_data: str | Path) -> float:
 
 def _synthetic_agreement(out_dir: Path, deployed: str, teacher: Any) -> float | None:
     """Top-1 agreement of the deployed model with the teacher on the held-out synthetic samples (None: none)."""
-    from .gates import onnx_predictions, teacher_predictions
-
     images = rf.read_held_out_samples(out_dir).all()[0]
     if not len(images):
         return None
@@ -299,9 +284,6 @@ def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: st
             fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None,
             release: dict[str, Any] | None = None) -> dict[str, Any]:
     """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
-    from ..distill.run_folder import read_student_spec
-    from .bundle import make_bundle, verify_bundle
-
     student = read_student_spec(out_dir)
     images = rf.read_held_out_samples(out_dir).all()[0]
     made = make_bundle(deployed, out_dir / "bundle", target=spec, classes=student["classes"],
@@ -363,8 +345,6 @@ def render_report(metrics: dict[str, Any], target: str) -> str:
     for name, lat in metrics["latency"].items():
         lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
                      f"{lat['throughput']:,.0f} |")
-    from .gates import PROXY_NOTE, failure_lines
-    from .verify import Gate
 
     lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
     lines += [f"| {g['name']} | {'≥' if g.get('rule') == '>=' else '≤'} {g['limit']:.4g} | {g['value']:.4g} | "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx_model.exporter import onnx_session, run_session
 from .verify import Gate
 
 PROXY_NOTE = ("no eval data: judged by top-1 agreement with the teacher on held-out synthetic samples, a proxy for "
@@ -34,8 +35,6 @@ def teacher_predictions(teacher: Any, images01: Any, batch: int = 256) -> np.nda
 
 def onnx_predictions(model_path: str | Path, images01: Any, batch: int = 256) -> np.ndarray:
     """Top-1 classes of an exported model (it takes images in [0, 1]) through onnxruntime."""
-    from ..onnx_model.exporter import onnx_session, run_session
-
     session = onnx_session(Path(model_path))
     x = np.asarray(images01, dtype=np.float32)
     return np.concatenate([run_session(session, x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])

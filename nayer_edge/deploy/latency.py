@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError
+from ..onnx_model.exporter import _ORT_FLOAT_TYPES, onnx_session
 
 __all__ = ["LatencyStats", "measure_latency", "onnx_latency", "nearest_rank"]
 
@@ -140,8 +141,6 @@ def onnx_latency(
 
     Example: ``onnx_latency("student.onnx", 32, min_seconds=1.0).p50_ms``
     """
-    from ..onnx_model.exporter import onnx_session
-
     session = onnx_session(path, providers=providers, threads=threads)
     return session_latency(session, batch, input_shape, seed=seed, where=str(path), **kw)
 
@@ -149,8 +148,6 @@ def onnx_latency(
 def session_latency(session: Any, batch: int, input_shape: Sequence[int] | None = None, *, seed: int = 0,
                     where: str = "model", **kw: Any) -> LatencyStats:
     """``onnx_latency`` for an already open onnxruntime session."""
-    from ..onnx_model.exporter import _ORT_FLOAT_TYPES
-
     inp = session.get_inputs()[0]
     dims = list(inp.shape)
     if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:

@@ -23,8 +23,17 @@ import numpy as np
 
 from ..core.errors import UserError, first_line
 from ..distill import run_folder as rf
-from ..onnx_model.exporter import IMAGES01, NORMALISED, ParityReport
-from .latency import LatencyStats
+from ..inputs.evaldata import load_eval_data
+from ..onnx_model.exporter import (
+    IMAGES01,
+    NORMALISED,
+    ParityReport,
+    compare_logits,
+    onnx_session,
+    read_metadata,
+    run_session,
+)
+from .latency import LatencyStats, session_latency
 
 __all__ = ["Gate", "VerifyResult", "verify"]
 
@@ -119,10 +128,6 @@ def verify(
         result = verify("student.onnx", eval_data="test.npz", reference="runs/digits", max_latency_ms=2)
         json.dumps(result.to_dict())
     """
-    from ..inputs.evaldata import load_eval_data
-    from ..onnx_model.exporter import onnx_session
-    from .latency import session_latency
-
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UserError(f"batch must be a positive integer, got {batch!r}")
     if max_accuracy_drop is not None and (eval_data is None or reference is None):
@@ -174,8 +179,6 @@ def verify(
 
     parity = None
     if ref is not None:
-        from ..onnx_model.exporter import compare_logits
-
         ref_logits = ref.logits(x)
         parity = compare_logits(ref_logits, logits)
         if y is not None:
@@ -225,14 +228,10 @@ def verify(
 
 
 def _onnx_metadata(session: Any) -> dict[str, Any]:
-    from ..onnx_model.exporter import read_metadata
-
     return read_metadata(session)
 
 
 def _onnx_predictor(session: Any, path: Path, notes: list[str]) -> _Predictor:
-    from ..onnx_model.exporter import run_session
-
     meta = _onnx_metadata(session)
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -275,8 +274,6 @@ def _reference_predictor(ref: Path, model: _Predictor, providers: Sequence[str] 
             raise UserError(f"reference {ref}: folder has no student.ts; pass the output folder of `nayer-edge distill`")
         return _torchscript_predictor(ts, [ref / rf.STUDENT_SPEC], model, notes)
     if ref.suffix.lower() == ".onnx":
-        from ..onnx_model.exporter import onnx_session
-
         predictor = _onnx_predictor(onnx_session(ref, providers=providers, threads=threads), ref, notes)
         if predictor.input_shape is None:
             predictor.input_shape = model.input_shape

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import UserError
+
 AMP_CHOICES = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,8 +38,6 @@ def resolve_amp(name: str, device: torch.device) -> str:
     (Ampere and later) and on a CPU with native bf16 (:func:`cpu_has_native_bf16`), fp32 elsewhere. On the CPU
     that choice is measured: at equal wall time bf16 distilled students as accurate or better on real-photo
     teachers (BENCHMARKS.md §9), because its steps are about 1.8x shorter."""
-    from ..core.errors import UserError
-
     if name not in AMP_CHOICES:
         raise UserError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {name!r}")
     if name == "auto":

@@ -15,6 +15,7 @@ import torch
 
 from ..core.atomic import atomic_torch_save
 from ..core.errors import UserError
+from ..core.strict import replace
 from ..synthesis.memory import SampleMemory
 from .config import DistillConfig
 from .run_folder import CHECKPOINT
@@ -34,8 +35,6 @@ def write_checkpoint(path: Path, state: dict[str, Any], config: DistillConfig, m
 def planned_config(checkpoint: dict[str, Any], config: DistillConfig, user_set: set[str] | None) -> DistillConfig:
     """``config`` with the schedule the checkpoint's run planned (a resumed run keeps its plan; it is not made
     again): every planned setting the user did not set in this command."""
-    from ..core.strict import replace
-
     plan = checkpoint.get("plan")
     if not isinstance(plan, dict) or not isinstance(plan.get("values"), dict):
         return config

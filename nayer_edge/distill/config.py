@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..core.strict import from_dict, load_yaml, to_dict
+from ..core.errors import UserError
+from ..core.strict import closest_name, from_dict, load_yaml, to_dict
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # Most CPU threads a run may ask for: far above any machine, far below what torch.set_num_threads overflows on.
@@ -84,8 +85,6 @@ class DistillConfig:
     def __post_init__(self) -> None:
         import math
 
-        from ..core.errors import UserError
-
         for name, value in vars(self).items():
             # NaN slips through every comparison below ("nan <= 0" is false), inf through most.
             if isinstance(value, float) and not math.isfinite(value):
@@ -153,9 +152,6 @@ def chosen_keys(recipe: str | Path | None = None, overrides: dict[str, Any] | No
 
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:
     """Defaults ← recipe (a name from ``recipes/`` or a YAML path) ← overrides; unknown keys are errors."""
-    from ..core.errors import UserError
-    from ..core.strict import closest_name
-
     data: dict[str, Any] = {}
     if recipe is not None:
         path = Path(recipe)

@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from ..core.errors import UserError
+from .performance import resolve_device
 
 T = TypeVar("T")
 
@@ -202,8 +203,6 @@ def timeout_seconds() -> float:
 
 def resolve_rank_device(device_name: str, env: LaunchEnv) -> torch.device:
     """One device per process: ``cuda:LOCAL_RANK`` for CUDA (``auto`` with a GPU, ``cuda``), else the CPU."""
-    from .performance import resolve_device
-
     device = resolve_device(device_name)
     if device.type != "cuda" or not env.distributed:
         return device

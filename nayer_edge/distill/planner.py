@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Collection
 
 from ..core.errors import UserError
+from ..core.strict import replace
 from .config import DistillConfig
 
 # The settings the planner may choose; any of them the user set (command line or recipe) is kept.
@@ -126,8 +127,6 @@ class Plan:
     notes: tuple[str, ...] = ()
 
     def apply(self, config: DistillConfig) -> DistillConfig:
-        from ..core.strict import replace
-
         return replace(config, **self.values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,8 +364,6 @@ def measure_step_costs(make_distiller: Callable[[DistillConfig], Any], config: D
     weights and the teacher are left as they were. Takes a few seconds (each measurement is one untimed step,
     then ``steps`` timed ones)."""
     import torch
-
-    from ..core.strict import replace
 
     started = time.perf_counter()
     small, large = batches or (_round_to_classes(max(16, num_classes), num_classes),

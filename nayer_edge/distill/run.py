@@ -20,10 +20,24 @@ from typing import Any, Collection
 import numpy as np
 import torch
 
-from ..core.atomic import atomic_torch_save, atomic_write_text, prepare_output_dir, remove_temporaries
+from ..core.atomic import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    prepare_output_dir,
+    remove_temporaries,
+)
 from ..core.errors import UserError, first_line
+from ..core.evaluate import accuracy
 from ..core.interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 from ..core.normalize import NormalizedModel
+from ..core.plots import save_sample_grid, save_training_curves
+from ..inputs.evaldata import load_eval_data
+from ..inputs.teacher import _error_line, load_teacher
+from ..synthesis.embeddings import class_separation, encode_class_names, onehot_embeddings
+from ..synthesis.memory import SampleMemory
+from ..zoo import build_student, describe_student
+from . import distributed
 from . import run_folder as rf
 from .checkpoint import (
     changed_on_resume,
@@ -34,7 +48,24 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import DistillConfig
-from .run_folder import CHECKPOINT, HOLDOUT, MEMORY
+from .distributed import SINGLE, quiet_other_ranks, rank_seed, read_bytes_on_main
+from .engine import Distiller
+from .performance import resolve_device
+from .planner import (
+    SCHEDULE_KEYS,
+    WRITE_BYTES_PER_SECOND,
+    Plan,
+    measure_step_costs,
+    needs_plan,
+    plan_schedule,
+    plan_table,
+    planned_ngf,
+    ram_bytes,
+    smallest_budget,
+    user_set_keys,
+)
+from .progress import RichProgress
+from .run_folder import CHECKPOINT, HOLDOUT, MEMORY, recorded_teacher_sha256
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
 TORCHRUN_REPEAT_WINDOW = 2.0
@@ -92,7 +123,6 @@ def _call_teacher(model: torch.nn.Module, x: torch.Tensor, compiled: bool = Fals
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - only the teacher's own forward is in here
-        from ..inputs.teacher import _error_line
 
         raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(_root_cause(err)).rstrip('.')}; check that it "
                         "accepts any batch size (or lower the recipe's batch sizes)") from None
@@ -121,8 +151,6 @@ def _batch(x: torch.Tensor) -> str:
 
 
 def label_embeddings(config: DistillConfig, class_names: list[str], cache_dir: Path | None) -> torch.Tensor | None:
-    from ..synthesis.embeddings import encode_class_names, onehot_embeddings
-
     if config.generator == "noise":
         return None
     if config.embedding == "onehot":
@@ -181,12 +209,6 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     :class:`~nayer_edge.core.interrupt.Interrupted`; ``resume=True`` then continues bitwise identically on the CPU.
     Distributed, every rank stops at the same step. A second signal aborts at once.
     """
-    from ..inputs.evaldata import load_eval_data
-    from ..inputs.teacher import load_teacher
-    from ..zoo import build_student
-    from . import distributed
-    from .planner import user_set_keys
-
     config = config or DistillConfig()
     out_dir = Path(out_dir)
     started = time.perf_counter() if clock_start is None else clock_start
@@ -250,12 +272,6 @@ def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: 
 
         print(plan("teacher.pt", config=load_config(None, {"time_budget": 600})).to_dict()["values"])
     """
-    from ..inputs.teacher import load_teacher
-    from ..zoo import build_student
-    from .distributed import SINGLE
-    from .performance import resolve_device
-    from .planner import SCHEDULE_KEYS, Plan, needs_plan, user_set_keys
-
     started = time.perf_counter()
     config = config or DistillConfig()
     keys = user_set_keys(config, user_set)
@@ -326,10 +342,6 @@ class RunParts:
 
 
 def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]:
-    from ..zoo import build_student
-    from .distributed import quiet_other_ranks, rank_seed
-    from .planner import Plan, needs_plan
-
     quiet_other_ranks(dist)
     config, out_dir, loaded = run.config, run.out_dir, run.loaded
     spec = loaded.spec
@@ -379,9 +391,6 @@ def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]
 def _resumed_checkpoint(dist: Any, run: RunInputs) -> tuple[dict[str, Any] | None, Any]:
     """With ``--resume``: the checkpoint (read by rank 0 and handed to every rank) and the plan it records,
     refused when it belongs to another teacher or another number of processes."""
-    from .planner import Plan
-    from .run_folder import recorded_teacher_sha256
-
     out_dir = run.out_dir
     checkpoint = dist.on_main(lambda: read_checkpoint(out_dir, run.config, run.user_set)) if run.resume else None
     if run.resume and checkpoint is None and dist.is_main:
@@ -401,9 +410,6 @@ def _resumed_checkpoint(dist: Any, run: RunInputs) -> tuple[dict[str, Any] | Non
 
 
 def _build_and_run(dist: Any, run: RunInputs, parts: RunParts, stop: StopRequest) -> dict[str, Any]:
-    from ..core.evaluate import accuracy
-    from .engine import Distiller
-
     config, loaded = run.config, run.loaded
     distiller = Distiller(parts.teacher_module, parts.student_module, run.embeddings, config, loaded.spec.input_shape,
                           loaded.num_classes, run.device, memory_path=parts.memory_path, dist=dist)
@@ -438,9 +444,6 @@ def _build_and_run(dist: Any, run: RunInputs, parts: RunParts, stop: StopRequest
 
 def _restore(dist: Any, run: RunInputs, checkpoint: dict[str, Any], distiller: Any) -> list[str]:
     """Load a checkpoint and its sample memories into ``distiller``; returns the notes it calls for."""
-    from ..synthesis.memory import SampleMemory
-    from .distributed import read_bytes_on_main
-
     out_dir, config, notes = run.out_dir, run.config, []
     changed = changed_on_resume(checkpoint, config)
     if changed:
@@ -520,8 +523,6 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
                             f"follows); use a larger --time-budget")
         distiller.loop_budget = distiller.state.elapsed + left
     if run.show_progress and dist.is_main:
-        from .progress import RichProgress
-
         with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
             try:
                 state = distiller.run(run.eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step,
@@ -542,8 +543,6 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
 def _metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, state: Any, notes: list[str],
              teacher_accuracy: float | None, plan_record: dict[str, Any] | None) -> dict[str, Any]:
     """``metrics.json`` of a finished run (rank 0)."""
-    from ..core.evaluate import accuracy
-
     config, loaded, eval_set = run.config, run.loaded, run.eval_set
     if any(distiller.nonfinite.values()):
         skipped = distiller.nonfinite
@@ -594,9 +593,6 @@ def _metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, state: 
 def _write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any, resolved: dict[str, Any],
                      metrics: dict[str, Any]) -> None:
     """The finished run folder (rank 0); ``metrics.json`` last, so that a run folder with one is whole."""
-    from ..core.plots import save_sample_grid, save_training_curves
-    from ..zoo import describe_student
-
     out_dir, config, loaded, student = run.out_dir, run.config, run.loaded, parts.student
     spec = loaded.spec
     channels, height, _ = spec.input_shape
@@ -654,7 +650,6 @@ def _final_reserve(config: DistillConfig, plan: Any) -> float:
     samples = plan.expected_samples if plan is not None else config.memory_capacity
     held = min(samples, config.memory_capacity)
     sample_bytes = plan.costs.sample_bytes if plan is not None and plan.costs else 3 * 32 * 32
-    from .planner import WRITE_BYTES_PER_SECOND
 
     return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / WRITE_BYTES_PER_SECOND
 
@@ -664,9 +659,6 @@ def _make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: A
     inputs and ``eval_samples`` held-out images to evaluate each epoch; the models are copied before any step is
     taken."""
     import copy
-
-    from .engine import Distiller
-    from .planner import measure_step_costs, plan_schedule, planned_ngf, ram_bytes, smallest_budget
 
     config, user_set, loaded, started = run.config, run.user_set, run.loaded, run.started
     config = dc_replace(config, ngf=planned_ngf(config, user_set, loaded.spec.input_shape))  # measured as it will run
@@ -699,8 +691,6 @@ def _make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: A
 def _print_plan(plan: Any) -> None:
     from rich.console import Console
 
-    from .planner import plan_table
-
     console = Console(stderr=True)
     console.print(plan_table(plan))
     for note in plan.notes:
@@ -717,8 +707,6 @@ def _position(state: Any, config: DistillConfig) -> str:
 
 def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:
     """Pairwise cosine of the class embeddings, raw and as BatchNorm1d sees them (standardised)."""
-    from ..synthesis.embeddings import class_separation
-
     if embeddings is None or len(embeddings) < 2:
         return None
     return class_separation(embeddings)
@@ -726,8 +714,6 @@ def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:
 
 def _atomic_jit_save(module: torch.jit.ScriptModule, path: Path) -> None:
     import io
-
-    from ..core.atomic import atomic_write_bytes
 
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)

@@ -15,7 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..core.atomic import sha256_file
 from ..core.errors import UserError
+
 T = TypeVar("T")
 
 STUDENT_TS = "student.ts"  # the student as TorchScript: loads anywhere torch does
@@ -189,8 +191,6 @@ def require_code_trust(run_dir: Path, spec: dict[str, Any], trust_code: bool) ->
 
 def student_sha256(run_dir: Path) -> str:
     """sha256 of the run's student weights (student.pt, else student.ts): what an export was made from."""
-    from ..core.atomic import sha256_file
-
     weights = run_dir / STUDENT_WEIGHTS
     return sha256_file(weights if weights.is_file() else run_dir / STUDENT_TS)
 

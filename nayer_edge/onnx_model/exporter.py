@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import __version__
 from ..core.atomic import fsync_dir
 from ..core.errors import UserError, first_line
+from ..core.normalize import NormalizedModel
 from ..core.optional import require
 
 __all__ = [
@@ -92,8 +94,6 @@ def export_onnx(
                     fold_normalization=True, batch=None)
     """
     onnx = require("onnx")
-    from .. import __version__
-    from ..core.normalize import NormalizedModel
 
     shape = _check_shape(input_shape)
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):

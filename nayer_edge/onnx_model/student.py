@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
+from ..core.atomic import prepare_output_file
 from ..core.errors import UserError
+from ..core.normalize import NormalizedModel
 from ..core.optional import require
 from ..distill import run_folder as rf
 from ..distill.run_folder import read_student_spec, require_code_trust, student_sha256
+from ..zoo import build_student
+from .exporter import check_parity, export_onnx
 
 
 def _loading_error_line(err: BaseException) -> str:
@@ -32,8 +36,6 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
     A student built by the user's own factory (``student.json`` naming ``my_students.py:tiny``) is imported
     only with ``trust_code``: a run folder is data, and importing the file it names runs that file's code.
     """
-    from ..zoo import build_student
-
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
     require_code_trust(run_dir, spec, trust_code)
@@ -69,10 +71,6 @@ def export(run_dir: str | Path, out: str | Path, *, batch: int | None = None, fo
 
         export("runs/demo", "runs/demo/student.onnx")
     """
-    from ..core.atomic import prepare_output_file
-    from ..core.normalize import NormalizedModel
-    from .exporter import check_parity, export_onnx
-
     prepare_output_file(Path(out))
     model, spec = load_student(run_dir, trust_code=trust_code)
     shape = tuple(spec["input_shape"])

@@ -31,6 +31,7 @@ import numpy as np
 from ..core.atomic import atomic_write_bytes
 from ..core.errors import UserError
 from ..core.optional import require
+from ..onnx_model.exporter import onnx_session
 from ..onnx_model.graph import load_fp32_onnx, set_metadata, topological_order
 
 WEIGHT_OPS = ("Conv", "Gemm")
@@ -132,8 +133,6 @@ def _quantizable_weight(node: Any, initializers: dict[str, Any]) -> str | None:
 
 def _calibrate_amax(src: Path, names: list[str], images: np.ndarray, batch: int) -> dict[str, float]:
     """max |x| of every named tensor over the images, by running a copy of the graph that outputs them."""
-    from ..onnx_model.exporter import onnx_session
-
     onnx = require("onnx")
     TensorProto, helper = onnx.TensorProto, require("onnx.helper")
 

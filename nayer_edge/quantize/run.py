@@ -17,8 +17,21 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
+from ..core.atomic import atomic_write_bytes, prepare_output_file
 from ..core.errors import UserError, first_line
+from ..core.normalize import NormalizedModel
+from ..core.strict import from_dict
 from ..distill import run_folder as rf
+from ..distill.config import DistillConfig
+from ..distill.losses import kd_divergence
+from ..distill.run_folder import read_student_spec, require_code_trust, student_sha256
+from ..inputs.evaldata import load_eval_data
+from ..inputs.teacher import LoadedTeacher, load_teacher
+from ..onnx_model.exporter import ParityError, check_parity, compare_logits, export_onnx, onnx_session, run_session
+from ..onnx_model.student import check_onnx_fits, export, load_student
+from .ort import quantize_static_ort
+from .qat import QAT_TOOL_DECISION, finetune_qat
+from .qdq_tensorrt import quantize_tensorrt
 
 Layout = Literal["ort", "tensorrt"]
 DEPLOYED = rf.STUDENT_INT8_ONNX
@@ -41,14 +54,9 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
-    from ..distill.run_folder import read_student_spec, require_code_trust, student_sha256
-    from ..onnx_model.student import check_onnx_fits, export
-
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
     if out is not None:
-        from ..core.atomic import prepare_output_file
-
         prepare_output_file(Path(out))
     if qat or not (run_dir / rf.STUDENT_ONNX).is_file():  # both rebuild the student from student.json
         require_code_trust(run_dir, spec, trust_code)
@@ -61,13 +69,9 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
         raise UserError(f"calibration must be a positive number of samples, got {calibration}")
     eval_set = None
     if eval_data is not None:
-        from ..inputs.evaldata import load_eval_data
-
         eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
     teacher_model = None
     if qat:
-        from ..inputs.teacher import LoadedTeacher
-
         _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
 
         teacher_model = (teacher if isinstance(teacher, LoadedTeacher)
@@ -96,8 +100,6 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     candidates = {"ptq": ptq_path}
     qat_report, qat_failure = None, None
     if qat:
-        from ..onnx_model.exporter import ParityError
-
         try:
             qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, trust_code=trust_code,
                                                   layout=layout, batch=batch, opset=opset, qat_epochs=qat_epochs,
@@ -112,7 +114,6 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
     fp32_check = logits["fp32"](check_images)
     teacher_check = _teacher_logits(teacher_model, check_images) if teacher_model is not None else None
-    from ..onnx_model.exporter import compare_logits
 
     result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "layout": layout,
                               "calibration_samples": int(len(calibration_images)),
@@ -135,7 +136,6 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
 
     chosen, reason = _choose(result["candidates"])
     deployed = Path(out) if out else run_dir / DEPLOYED
-    from ..core.atomic import atomic_write_bytes
 
     atomic_write_bytes(deployed, Path(candidates[chosen]).read_bytes())
     result.update({"method": chosen, "selected_by": reason, "int8_onnx": str(deployed),
@@ -175,11 +175,8 @@ def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
 
 def _int8_writer(layout: Layout, method: str, calibration: int) -> Callable[[Path, Path, torch.Tensor], Path]:
     if layout == "ort":
-        from .ort import quantize_static_ort
-
         return lambda src, dst, images: quantize_static_ort(src, dst, images, calibrate_method=method,
                                                             max_calibration=calibration)
-    from .qdq_tensorrt import quantize_tensorrt
 
     return lambda src, dst, images: quantize_tensorrt(src, dst, images, max_calibration=calibration)
 
@@ -188,20 +185,14 @@ class _Runner:
     """One onnxruntime session, run in chunks."""
 
     def __init__(self, path: Path):
-        from ..onnx_model.exporter import onnx_session
-
         self.session = onnx_session(path)
 
     def __call__(self, x: Any) -> np.ndarray:
-        from ..onnx_model.exporter import run_session
-
         return run_session(self.session, x)
 
 
 def load_run_teacher(run_dir: Path, teacher: str | Path | None, options: dict[str, Any] | None) -> Any:
     """The teacher for QAT: ``teacher`` with ``options``, else the one the run's ``config.json`` records."""
-    from ..inputs.teacher import load_teacher
-
     options = dict(options or {})
     if teacher is None:
         recorded = _recorded(run_dir, "teacher")
@@ -244,8 +235,6 @@ def _teacher_logits(teacher: Any, images01: torch.Tensor, batch: int = 256) -> n
 
 
 def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
-    from ..distill.losses import kd_divergence
-
     return float(kd_divergence(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
 
 
@@ -253,11 +242,6 @@ def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, te
                    layout: Layout, batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
                    show_progress: bool, qat_seconds: float | None = None) -> tuple[Path, dict[str, Any]]:
     """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
-    from ..core.normalize import NormalizedModel
-    from ..onnx_model.exporter import check_parity, export_onnx
-    from ..onnx_model.student import load_student
-    from .qat import QAT_TOOL_DECISION, finetune_qat
-
     if list(teacher.spec.input_shape) != list(spec["input_shape"]):
         raise UserError(f"the teacher takes {list(teacher.spec.input_shape)} but the student takes "
                         f"{spec['input_shape']}; give the teacher this run was distilled from")
@@ -299,9 +283,6 @@ def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, te
 
 
 def _run_config(run_dir: Path) -> Any:
-    from ..core.strict import from_dict
-    from ..distill.config import DistillConfig
-
     data = _recorded(run_dir, "config")
     if data is None:
         return DistillConfig()
