@@ -1,4 +1,8 @@
-"""The ``nayer-edge`` command line: a thin shell over the library functions of the same names."""
+"""The ``nayer-edge`` command line: a thin shell over the library functions of the same names.
+
+Each command imports the library it runs inside itself, so that ``nayer-edge --help``, ``targets`` and a bad
+option answer without importing torch.
+"""
 
 from __future__ import annotations
 
