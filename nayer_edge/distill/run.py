@@ -452,8 +452,7 @@ def _restore(dist: Any, run: RunInputs, checkpoint: dict[str, Any], distiller: A
         warnings.warn(message, stacklevel=3)
         notes.append(message)
     if has_memories(checkpoint):
-        memories = (restore_memory(checkpoint["memory_ring"], into=distiller.memory),
-                    restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
+        memories = None  # restored inside the try below: a damaged ring is a damaged checkpoint
     else:
         def check_memory_files() -> None:
             if not (out_dir / MEMORY).is_file() or not (out_dir / HOLDOUT).is_file():
@@ -466,6 +465,9 @@ def _restore(dist: Any, run: RunInputs, checkpoint: dict[str, Any], distiller: A
             sources = read_bytes_on_main(dist, sources)
         memories = (SampleMemory.load(sources[0], config.memory_capacity), SampleMemory.load(sources[1]))
     try:
+        if memories is None:
+            memories = (restore_memory(checkpoint["memory_ring"], into=distiller.memory),
+                        restore_memory(checkpoint["holdout_ring"], into=distiller.holdout))
         distiller.load_state_dict(checkpoint, *memories)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise _checkpoint_does_not_fit(out_dir, err) from None
