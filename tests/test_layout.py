@@ -1,13 +1,10 @@
 """The package's shape: subpackages follow the data, each imports only the stages below it, no import circles,
-and the optional dependencies go through one helper that names extras that exist."""
+and the run folder has one owner (the optional dependencies' one helper: test_optional.py)."""
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
-
-import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "nayer_edge"
@@ -95,15 +92,6 @@ def test_no_import_circles():
         if start not in state:
             visit(start, [start])
     assert not circles, circles
-
-
-def test_every_extra_named_in_code_exists_in_pyproject():
-    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    named = set()
-    for path in PACKAGE.rglob("*.py"):
-        named.update(re.findall(r"nayer-edge\[([\w-]+)\]", path.read_text()))
-    assert named, "no extra named anywhere: the pattern is stale"
-    assert named <= extras, f"extras named in code but missing from pyproject.toml: {sorted(named - extras)}"
 
 
 def _code_strings(path: Path) -> list[tuple[int, str]]:
