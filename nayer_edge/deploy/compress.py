@@ -30,6 +30,7 @@ from .targets import load_target
 from .verify import Gate, verify
 
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 @rf.reading_once
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
@@ -68,6 +69,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                        qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
 
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 @rf.reading_once
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
