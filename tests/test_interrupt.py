@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nayer_edge.cli import _interrupted_line
+from nayer_edge.cli.errors import interrupted_line
 from nayer_edge.core.interrupt import Interrupted, graceful_stop
 
 
@@ -40,14 +40,14 @@ def test_interrupted_lines():
     argv = ["distill", "teacher.pt", "--out", "runs/my run"]
     graceful = Interrupted(signal.SIGTERM, graceful=True, checkpoint="runs/my run/checkpoint.pt",
                            where="in epoch 2/4 after KD step 5/10")
-    assert _interrupted_line(graceful, argv) == (
+    assert interrupted_line(graceful, argv) == (
         "stopped by SIGTERM in epoch 2/4 after KD step 5/10: checkpoint runs/my run/checkpoint.pt; resume with: "
         "nayer-edge distill teacher.pt --out 'runs/my run' --resume")
     assert graceful.exit_code == 143
     early = Interrupted(signal.SIGINT, graceful=False)
-    assert _interrupted_line(early, argv).startswith("aborted by SIGINT before any checkpoint was written; start "
+    assert interrupted_line(early, argv).startswith("aborted by SIGINT before any checkpoint was written; start "
                                                      "again with: nayer-edge distill teacher.pt")
-    assert _interrupted_line(early, ["export", "runs/x"]) == "aborted by SIGINT"
+    assert interrupted_line(early, ["export", "runs/x"]) == "aborted by SIGINT"
 
 
 def test_signals_in_a_deferred_block_arrive_after_it():
@@ -79,7 +79,7 @@ def test_an_abort_names_the_checkpoint_on_disk(tmp_path):
     with pytest.raises(Interrupted) as raised, names_checkpoint(tmp_path / "checkpoint.pt"):
         raise Interrupted(signal.SIGINT, graceful=False)
     assert raised.value.checkpoint == tmp_path / "checkpoint.pt"
-    assert _interrupted_line(raised.value, ["compress", "t.pt", "--out", "r"]).endswith(
+    assert interrupted_line(raised.value, ["compress", "t.pt", "--out", "r"]).endswith(
         "nayer-edge compress t.pt --out r --resume")
 
 

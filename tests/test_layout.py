@@ -9,8 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "nayer_edge"
 # Stages in the order the data flows; a module may import its own stage and those before it.
-STAGES = ["core", "inputs", "zoo", "synthesis", "distill", "onnx_model", "quantize", "deploy", "demo"]
-TOP_LEVEL = {"__init__", "__main__", "cli"}  # the shell over everything
+STAGES = ["core", "inputs", "zoo", "synthesis", "distill", "onnx_model", "quantize", "deploy", "demo", "cli"]
+TOP_LEVEL = {"__init__", "__main__"}
 
 
 def _module_name(path: Path) -> str:

@@ -143,6 +143,7 @@ def default_parity(precision: str) -> dict[str, dict[str, float | None]]:
 
 # --------------------------------------------------------------------------------------- make_bundle
 
+# Keyword-only: everything a bundle records, named; its callers (compress, tests) pass what they have.
 
 def make_bundle(
     onnx_path: str | os.PathLike[str],

@@ -5,7 +5,6 @@ FP16, FP32) → verify with gates → a report a person can read, and for a Tens
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,13 @@ from ..onnx_model.fp16 import to_fp16
 from ..onnx_model.student import export
 from ..quantize.run import load_run_teacher, quantize
 from .bundle import make_bundle, verify_bundle
-from .gates import PROXY_NOTE, failure_lines, onnx_predictions, release_summary, teacher_gates, teacher_predictions
+from .gates import onnx_predictions, release_summary, teacher_gates, teacher_predictions
+from .report import render_report
 from .targets import load_target
 from .verify import Gate, verify
 
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 @rf.reading_once
 def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: DistillConfig,
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
@@ -68,6 +69,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
                        qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
 
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 @rf.reading_once
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
@@ -293,86 +295,3 @@ def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: st
                        max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, release=release)
     made["check"] = verify_bundle(made["bundle_dir"], measure_latency=False)
     return made
-
-
-def render_report(metrics: dict[str, Any], target: str) -> str:
-    """A Markdown report of a compress run (accuracies, sizes, latency, gates, pictures, config, versions)."""
-    import torch
-
-    onnxruntime = require("onnxruntime")
-    pct = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
-    lines = [f"# nayer-edge compress report: {target}", "",
-             f"**Result: {'PASS' if metrics['passed'] else 'FAIL'}**: deployed model `{Path(metrics['deployed_model']).name}` "
-             f"({metrics['precision']}).", "",
-             "## Accuracy (top-1 on held-out real data)", "", "| model | top-1 | parameters / bytes |", "|---|---:|---:|",
-             f"| teacher | {pct(metrics['teacher_accuracy'])} | {metrics['teacher_params']:,} params |",
-             f"| student, PyTorch FP32 | {pct(metrics['student_accuracy'])} | {metrics['student_params']:,} params |",
-             f"| student, ONNX FP32 | {pct(metrics['fp32_onnx_accuracy'])} | {metrics['model_bytes']['fp32']:,} B |"]
-    if metrics["int8_accuracy"] is not None:
-        lines.append(f"| student, ONNX INT8 deployed ({metrics['int8_method'].upper()}) | {pct(metrics['int8_accuracy'])} | "
-                     f"{metrics['model_bytes']['int8']:,} B |")
-    if metrics["precision"] == "fp16":
-        lines.append(f"| student, ONNX FP16 | {pct(metrics.get('fp16_accuracy'))} | {metrics['model_bytes']['fp16']:,} B |")
-    if metrics.get("int8_candidates"):
-        lines += ["", "### INT8: post-training quantization vs quantization-aware fine-tuning", "",
-                  "Both calibrated on the run's synthetic samples; neither saw real data. QAT is deployed when it "
-                  "reproduces the FP32 student more faithfully than PTQ on *held-out synthetic* samples (lower KL "
-                  "from the FP32 logits); the real data below never chooses.", "",
-                  "| INT8 method | top-1 (real) | KL from FP32 (synthetic hold-out) | top-1 agreement with FP32 "
-                  "| agreement with teacher | cosine vs FP32 |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for name, cand in metrics["int8_candidates"].items():
-            if "failed" in cand:
-                lines.append(f"| {name.upper()} | failed: {cand['failed']} | | | | |")
-                continue
-            real = metrics.get(f"{name}_int8_accuracy")
-            parity = cand["parity_vs_fp32"]
-            kl = f"{cand['fp32_kl']:.2e}" if cand.get("fp32_kl") is not None else "n/a"
-            lines.append(f"| {name.upper()} | {pct(real)} | {kl} | {pct(parity.get('top1_agreement'))} | "
-                         f"{pct(cand.get('teacher_agreement'))} | {parity['cosine_similarity']:.4f} |")
-        lines += ["", f"Deployed: **{metrics['int8_method'].upper()}**: {metrics['int8_selected_by']}."]
-        training = metrics["int8_candidates"].get("qat", {}).get("training")
-        if training:
-            lines.append(f"QAT: {training['steps']} steps ({training['epochs']:g} passes over the memory, lr "
-                         f"{training['lr']:g}, KD target {training.get('fp32_anchor', 0):.0%} FP32 student / "
-                         f"{1 - training.get('fp32_anchor', 0):.0%} teacher) in {training['seconds']:.1f} s, BatchNorm folded, "
-                         f"{training['quantizers']} activation quantizers; KD loss {training['initial_loss']:.4f} → "
-                         f"{training['final_loss']:.4f}.")
-    lines += ["", f"ONNX FP32 vs PyTorch: max abs error {metrics['onnx_max_abs_error']:.2e}.", "",
-              "## Latency (onnxruntime CPU, after warm-up)" + (" on this host, not the device" if metrics.get("bundle")
-                                                              else ""), "",
-              "| precision | batch | p50 ms | p90 ms | p99 ms | images/s |", "|---|---:|---:|---:|---:|---:|"]
-    for name, lat in metrics["latency"].items():
-        lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
-                     f"{lat['throughput']:,.0f} |")
-
-    lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
-    lines += [f"| {g['name']} | {'≥' if g.get('rule') == '>=' else '≤'} {g['limit']:.4g} | {g['value']:.4g} | "
-              f"{'pass' if g['passed'] else '**FAIL**'} |" for g in metrics["gates"]] or ["| (none configured) | | | |"]
-    if any(g["name"] == "teacher_agreement_synthetic" for g in metrics["gates"]):
-        lines += ["", f"Judged against the teacher without eval data: {PROXY_NOTE} (how well it tracks real "
-                  "accuracy: BENCHMARKS.md, release gates)."]
-    failed = failure_lines(metrics, [Gate(**g) for g in metrics["gates"]])
-    if failed:
-        lines += [""] + [f"- **{line}**" for line in failed]
-    if metrics.get("bundle"):
-        bundle = metrics["bundle"]
-        check = bundle["host_check"]
-        lines += ["", "## Deploy bundle", "",
-                  f"`{Path(bundle['dir']).name}/` and `{Path(bundle['archive']).name}`: the ONNX, `manifest.json` (sha256 "
-                  "of every file), labels, reference inputs and outputs, a DeepStream nvinfer config, the device "
-                  "scripts and a README with the exact commands.", "",
-                  f"Checked here with `check.py --backend onnxruntime` (this installation's copy, the same bytes as the bundle's): "
-                  f"**{'pass' if check['passed'] else 'FAIL'}**"
-                  + (f" (lowest parity cosine {check['parity']['min_cosine']:.4f}, top-1 agreement "
-                     f"{check['parity']['top1_agreement']:.2%})" if isinstance(check.get("parity"), dict) else "") + ".",
-                  "The TensorRT check (engine build, parity, accuracy, latency) runs on the device: "
-                  "`python3 scripts/build_engine.py` then `python3 scripts/check.py --backend tensorrt` "
-                  "(see the bundle's README)."]
-    lines += ["", "## Synthetic samples and training", "", "![samples](samples.png)", "", "![curves](curves.png)", "",
-              f"{metrics['epochs']} epochs in {metrics['distill_seconds']:.0f} s ({metrics['stopped_by']}); "
-              f"{metrics['synthetic_samples']:,} synthetic samples generated, {metrics['memory_samples']:,} kept.", "",
-              "## Configuration and versions", "", "The resolved configuration is in `config.json`.", "",
-              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}, "
-              f"{platform.machine()}.", ""]
-    return "\n".join(lines)

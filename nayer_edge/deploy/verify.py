@@ -93,6 +93,7 @@ class _Predictor:
             x = ((x - self.mean.reshape(1, -1, 1, 1)) / self.std.reshape(1, -1, 1, 1)).astype(np.float32)
         return self.run(x)
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 
 def verify(
     model_path: str | os.PathLike[str],

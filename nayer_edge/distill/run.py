@@ -177,6 +177,7 @@ def _check_student(student: torch.nn.Module, input_shape: tuple[int, int, int], 
         raise UserError(f"student '{spec}' must return N×{num_classes} logits, got {shape}")
     student.train()
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 
 def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig | None = None,
             arch: str | None = None, classes: list[str] | None = None,
@@ -263,6 +264,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     distributed.shutdown(dist)
     return metrics
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 
 def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: Collection[str] | None = None,
          arch: str | None = None, classes: list[str] | None = None, input_shape: tuple[int, int, int] | None = None,

@@ -60,6 +60,7 @@ NORMALISED = "normalised"
 
 # --------------------------------------------------------------------------------------- export
 
+# Keyword-only export options (batch, opset, normalisation, metadata), each with a default: the public API.
 
 def export_onnx(
     model: nn.Module,

@@ -52,6 +52,7 @@ from ..core.optional import require
 CalibrateMethod = Literal["minmax", "percentile", "entropy"]
 _INT_TYPES = ("uint8", "int8")
 
+# Keyword-only calibration and layout options with defaults, as onnxruntime's quantize_static takes them.
 
 def quantize_static_ort(
     fp32_onnx: str | os.PathLike[str],

@@ -168,6 +168,7 @@ class QATReport:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+# Keyword-only training options with defaults (epochs, lr, batch, anchor, budget): the public API of QAT.
 
 def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: torch.Tensor | None, *,
                  mean: list[float],

@@ -37,6 +37,7 @@ Layout = Literal["ort", "tensorrt"]
 DEPLOYED = rf.STUDENT_INT8_ONNX
 
 
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
 @rf.reading_once
 def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
              teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,

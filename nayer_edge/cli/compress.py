@@ -1,0 +1,57 @@
+"""``nayer-edge compress``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .app import app
+from .options import (
+    RUN_OPTIONS,
+    SCHEDULE_OPTIONS,
+    TEACHER_OPTIONS,
+    AgreementOpt,
+    JsonOpt,
+    OutOpt,
+    Precision,
+    RetentionOpt,
+    TeacherArg,
+    clock_start,
+    config_from,
+    teacher_kwargs,
+    with_options,
+)
+from .output import fail_on_gates, print_deployment, print_result
+
+
+@app.command()
+@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
+def compress(
+    teacher: TeacherArg,
+    target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
+    out: OutOpt = Path("runs/compress"),
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
+    min_teacher_retention: RetentionOpt = None, min_teacher_agreement: AgreementOpt = None,
+    as_json: JsonOpt = False, *, options: dict[str, Any],
+) -> None:
+    """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
+    from ..deploy.compress import compress as run_compress
+
+    config, chosen = config_from(options)
+    metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=options["eval_data"],
+                           user_set=chosen, clock_start=clock_start(),
+                           precision=precision.value if precision else None, qat=qat,
+                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                           resume=options["resume"], min_teacher_retention=min_teacher_retention,
+                           min_teacher_agreement=min_teacher_agreement,
+                           show_progress=not as_json or sys.stderr.isatty(), **teacher_kwargs(options))
+    print_result(metrics, as_json, f"compress → {metrics['target']}")
+    if not as_json:
+        print_deployment(metrics)
+    fail_on_gates(metrics)
