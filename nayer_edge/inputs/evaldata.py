@@ -78,6 +78,20 @@ def save_npz(path: str | os.PathLike[str], x: Tensor | np.ndarray, y: Tensor | n
 
 
 def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
+    x_np, y_np = _read_npz_arrays(p)
+    y_np = _checked_labels(p, x_np, y_np)
+    x = _images_01(p, x_np)
+    # Checked in the file's own dtype (Python ints are exact): a uint64 label past 2**63 - 1 would wrap to a
+    # negative number in int64 and be reported as one.
+    lo, hi = int(y_np.min()), int(y_np.max())
+    bound = f"[0, {len(classes)})" if classes is not None else "[0, num_classes)"
+    if lo < 0 or (classes is not None and hi >= len(classes)) or hi > np.iinfo(np.int64).max:
+        raise UserError(f"{p}: labels range over [{lo}, {hi}]; they must lie in {bound}")
+    return x, torch.from_numpy(y_np.astype(np.int64))
+
+
+def _read_npz_arrays(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of an .npz file, never unpickling; UserError saying what the file is instead."""
     try:
         with open(p, "rb") as f:
             head = f.read(6)
@@ -109,7 +123,11 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
         raise UserError(f"{p}: not a readable .npz file ({first_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - numpy raises many types for a bad file
         raise UserError(f"{p}: not a readable .npz file ({first_line(err)})") from None
+    return x_np, y_np
 
+
+def _checked_labels(p: Path, x_np: np.ndarray, y_np: np.ndarray) -> np.ndarray:
+    """One integer label per image (an N×1 column is taken as N)."""
     if y_np.ndim == 2 and y_np.shape[1] == 1:
         y_np = y_np[:, 0]
     if y_np.ndim != 1:
@@ -120,7 +138,11 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
         raise UserError(f"{p}: x has {x_np.shape[0] if x_np.ndim else 0} images but y has {y_np.shape[0]} labels")
     if y_np.shape[0] == 0:
         raise UserError(f"{p}: contains no images")
+    return y_np
 
+
+def _images_01(p: Path, x_np: np.ndarray) -> Tensor:
+    """N×C×H×W float images in [0, 1] from uint8 N×H×W×C (or N×H×W) or float N×C×H×W already in [0, 1]."""
     if x_np.dtype == np.uint8:
         if x_np.ndim == 3:
             x_np = x_np[..., None]
@@ -149,15 +171,7 @@ def _load_npz(p: Path, classes: Sequence[str] | None) -> tuple[Tensor, Tensor]:
     if x.numel() == 0:
         raise UserError(f"{p}: x has shape {x_np.shape}: images with no pixels; expected N×H×W×C (uint8) or "
                         "N×C×H×W (float) with C, H, W at least 1")
-
-    # Checked in the file's own dtype (Python ints are exact): a uint64 label past 2**63 - 1 would wrap to a
-    # negative number in int64 and be reported as one.
-    lo, hi = int(y_np.min()), int(y_np.max())
-    bound = f"[0, {len(classes)})" if classes is not None else "[0, num_classes)"
-    if lo < 0 or (classes is not None and hi >= len(classes)) or hi > np.iinfo(np.int64).max:
-        raise UserError(f"{p}: labels range over [{lo}, {hi}]; they must lie in {bound}")
-    return x, torch.from_numpy(y_np.astype(np.int64))
-
+    return x
 
 # --------------------------------------------------------------------------------------- folder
 
