@@ -64,6 +64,7 @@ def deepstream_config(manifest: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------- README
 
 
+# Long by its text, not its logic: one template, in the order the person at the device reads it.
 def render_readme(manifest: dict[str, Any], build_engine: ModuleType, bundle_name: str) -> str:
     """The bundle's README for the person at the device: what ran where, and the exact commands."""
     target = manifest["target"]

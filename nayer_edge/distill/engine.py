@@ -325,6 +325,8 @@ class Distiller:
         return self._ddp
 
     # -- the loop ----------------------------------------------------------------------------
+    # The loop in one piece, read top to bottom like the method (STYLE.md: nanoGPT): epochs, synthesis rounds,
+    # KD steps, the clock and the checkpoints, with nothing hidden in callbacks.
     def run(self, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
             on_epoch: Callable[[EpochReport], None] | None = None,
             on_step: Callable[[str, int, int], None] | None = None,
