@@ -41,13 +41,14 @@ def recipe(tmp_path) -> list[str]:
     return ["--recipe", str(path)]
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240, entry: tuple[str, ...] = ("-m", "nayer_edge"),
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node N -m nayer_edge ...`` as a user would start it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "NAYER_EDGE_DIST_TIMEOUT": "120"}
+           "NAYER_EDGE_DIST_TIMEOUT": "120", **(env or {})}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "nayer_edge", *args]
+               *entry, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -183,6 +184,24 @@ def test_torchrun_time_budget(digits_teacher, tmp_path, recipe):
     metrics = json.loads(result.stdout)
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs"] < 1000
     assert metrics["distill_seconds"] < 14 + 5
+    assert (out / "student.ts").is_file()
+
+
+@pytest.mark.distributed
+@two_cores
+def test_torchrun_time_budget_with_the_ranks_clocks_apart(digits_teacher, tmp_path, recipe):
+    """Each process starts its clock when it is imported, and the two need not import at the same moment
+    (here rank 1's clock runs 6 s ahead): rank 0's clock sets every rank's budget, so both still stop after
+    the same step. With a budget of its own, rank 1 stopped 6 s early and rank 0 waited for it in a
+    collective until the process group timed out (a run in CI hung this way)."""
+    out = tmp_path / "run"
+    result = torchrun("distill", str(digits_teacher.path), "--out", str(out), "--json", "--epochs", "1000",
+                      "--time-budget", "20", *RUN, *recipe, timeout=150,
+                      entry=(str(Path(__file__).with_name("skewed_clock_main.py")),),
+                      env={"NAYER_EDGE_TEST_CLOCK_SKEW": "6", "NAYER_EDGE_DIST_TIMEOUT": "45"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["stopped_by"] == "time_budget" and metrics["epochs"] >= 1
     assert (out / "student.ts").is_file()
 
 

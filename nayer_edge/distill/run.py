@@ -519,7 +519,10 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
 
     # 3. Run, within what the budget leaves after the work so far and before the work after the loop.
     if config.time_budget is not None:
-        spent = time.perf_counter() - run.started
+        # Rank 0's clock for every rank: the loop compares rank 0's elapsed time with this budget, and ranks
+        # with budgets of their own (each process started its clock at its own moment) could stop at
+        # different steps and leave one waiting in a collective.
+        spent = dist.broadcast_float(time.perf_counter() - run.started)
         left = config.time_budget - spent - run.reserve_after - _final_reserve(config, parts.plan)
         if left <= 0 and distiller.state.epoch == 0 and not distiller.state.kd_step:
             raise UserError(f"the time budget ({config.time_budget:g} s) is spent before the first synthesis round "
