@@ -11,7 +11,7 @@ from conftest import TEST_RECIPE, run_cli
 from nayer_edge.core.errors import UserError
 from nayer_edge.deploy.gates import failure_lines, release_summary, student_trained_gate, teacher_gates
 from nayer_edge.distill.config import DistillConfig
-from nayer_edge.distill.run import untrained_reason
+from nayer_edge.distill.run_results import untrained_reason
 
 FAST = ["--recipe", TEST_RECIPE, "--student", "cnn_tiny", "--synthesis-batch", "100", "--kd-batch", "128",
         "--g-steps", "8", "--device", "cpu"]

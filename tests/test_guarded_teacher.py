@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nayer_edge.core.errors import UserError
-from nayer_edge.distill.run import GuardedTeacher
+from nayer_edge.distill.guarded_teacher import GuardedTeacher
 
 
 class FixedBatchMatmul(nn.Module):

@@ -27,6 +27,7 @@ from .options import (
 from .output import fail_on_gates, print_deployment, print_result
 
 
+# One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command()
 @with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
 def compress(

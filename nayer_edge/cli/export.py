@@ -15,6 +15,7 @@ from .options import AgreementOpt, JsonOpt, Precision, RetentionOpt, TrustCodeOp
 from .output import fail_on_gates, print_deployment
 
 
+# One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command("export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],

@@ -19,7 +19,7 @@ def plan(
     as_json: JsonOpt = False, *, options: dict[str, Any],
 ) -> None:
     """Measure the step costs here and print the schedule distill would run, without training."""
-    from ..distill.run import plan as run_plan
+    from ..distill.run_plan import plan as run_plan
 
     config, chosen = config_from(options)
     result = run_plan(teacher, config=config, user_set=chosen, eval_samples=eval_samples, **teacher_kwargs(options))

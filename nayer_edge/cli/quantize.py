@@ -13,6 +13,7 @@ from .app import app, console
 from .options import JsonOpt, Layout, TrustCodeOpt, TrustOpt
 
 
+# One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command("quantize")
 def quantize_command(
     run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],

@@ -36,6 +36,7 @@ def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[
         raise typer.Exit(1)
 
 
+# One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command("verify")
 def verify_command(
     model: Annotated[Path, typer.Argument(help="An ONNX model, or a deploy bundle folder (checks it as the device would, through onnxruntime).")],

@@ -77,6 +77,8 @@ class Distiller:
     shared by all ranks. One process (the default) runs exactly the single-process loop.
     """
 
+    # Nine parameters: the two models, the class codes, the config, the input and label shapes, and where it runs
+    # (device, memory file, process group): each is a different thing the loop needs, none relayed.
     def __init__(self, teacher: nn.Module, student: nn.Module, label_embeddings: torch.Tensor | None,
                  config: DistillConfig, input_shape: tuple[int, int, int], num_classes: int,
                  device: torch.device, memory_path: Path | None = None, dist: DistContext | None = None):

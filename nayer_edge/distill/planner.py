@@ -197,6 +197,44 @@ def planned_ngf(config: DistillConfig, user_set: Collection[str], input_shape: t
     return min(config.ngf, width_for_area)
 
 
+@dataclass(frozen=True)
+class _ProcessCosts:
+    """Seconds of one step for one process: under torchrun each process synthesises and trains on its share of
+    every batch. ``normal`` is a generator step after the warm-up (adversarial when the loss has that term)."""
+
+    costs: StepCosts
+    share: float
+    adversarial: bool
+
+    def warm(self, batch: float) -> float:
+        return self.costs.generator_warmup(batch * self.share)
+
+    def normal(self, batch: float) -> float:
+        return (self.costs.generator if self.adversarial else self.costs.generator_warmup)(batch * self.share)
+
+    def kd(self, batch: float) -> float:
+        return self.costs.kd(batch * self.share)
+
+
+class _Choices:
+    """The user's schedule settings, kept, and the planner's own choices for the rest."""
+
+    def __init__(self, config: DistillConfig, user_set: Collection[str]):
+        self.fixed = {k: getattr(config, k) for k in SCHEDULE_KEYS if k in user_set}
+        self.chosen: dict[str, int] = {}
+
+    def value(self, key: str, choose: Callable[[], int]) -> int:
+        if key in self.fixed:
+            return int(self.fixed[key])
+        self.chosen[key] = int(choose())
+        return self.chosen[key]
+
+
+def _batch_range(num_classes: int) -> tuple[int, int]:
+    min_batch = _min_synthesis_batch(num_classes)
+    return min_batch, max(min_batch, _round_to_classes(MAX_SYNTHESIS_BATCH, num_classes))
+
+
 def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collection[str], num_classes: int,
                   loop_budget: float | None, eval_samples: int = 0, world_size: int = 1,
                   ram_bytes: int | None = None) -> Plan:
@@ -204,68 +242,69 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
     time budget less what the run spends outside the loop; ``None``: no budget). Raises :class:`UserError` when
     the budget is too small for one synthesis round and one KD step. ``config.ngf`` is the generator width the
     costs were measured with (:func:`planned_ngf`); with a budget it is recorded among the planned values."""
-    fixed = {k: getattr(config, k) for k in SCHEDULE_KEYS if k in user_set}
-    chosen: dict[str, int] = {}
-    notes: list[str] = []
-
-    def value(key: str, choose: Callable[[], int]) -> int:
-        if key in fixed:
-            return int(fixed[key])
-        chosen[key] = int(choose())
-        return chosen[key]
-
-    # Under torchrun each process synthesises and trains on its share of every batch.
-    share = 1.0 / max(1, world_size)
-    gen_w = lambda b: costs.generator_warmup(b * share)  # noqa: E731
-    gen_a = lambda b: costs.generator(b * share)  # noqa: E731
-    kd = lambda b: costs.kd(b * share)  # noqa: E731
-    min_batch = _min_synthesis_batch(num_classes)
-    max_batch = max(min_batch, _round_to_classes(MAX_SYNTHESIS_BATCH, num_classes))
-    adversarial = config.adv_weight > 0
-
+    choices = _Choices(config, user_set)
+    step = _ProcessCosts(costs, 1.0 / max(1, world_size), config.adv_weight > 0)
     if loop_budget is None:
-        # No budget: the paper's schedule, with batches cut to what this device does in about a second a step.
-        def device_batch() -> int:
-            per_step = costs.generator(max_batch)
-            if per_step <= NO_BUDGET_STEP_SECONDS:
-                return config.synthesis_batch
-            fits = (NO_BUDGET_STEP_SECONDS - costs.generator.fixed) / max(costs.generator.per_sample, 1e-12)
-            return min(max_batch, max(min_batch, _round_to_classes(fits, num_classes)))
-        synthesis_batch = value("synthesis_batch", device_batch)
-        kd_batch = value("kd_batch", lambda: config.kd_batch if synthesis_batch >= config.synthesis_batch
-                         else _pow2(1.28 * synthesis_batch, 32, MAX_KD_BATCH))
-        g_steps, rounds = config.g_steps, config.rounds_per_epoch
-        warmup_epochs, warmup_rounds = config.warmup_epochs, config.warmup_rounds
-        kd_steps, epochs = config.kd_steps, config.epochs
-        warm_s, epoch_s = _epoch_seconds(gen_w, gen_a if adversarial else gen_w, kd, synthesis_batch, g_steps,
-                                         warmup_rounds, rounds, kd_batch, kd_steps)
-        total = warmup_epochs * warm_s + (epochs - warmup_epochs) * epoch_s
-        notes.append(_eta_note(total))
-        expected = _expected_samples(synthesis_batch, warmup_epochs, warmup_rounds, epochs, rounds)
-        first = warmup_rounds * g_steps * gen_w(synthesis_batch)
-        return Plan(chosen, fixed, costs, None, None, warm_s, epoch_s, first, total, SYNTHESIS_SHARE, expected,
-                    tuple(notes))
+        return _plan_without_budget(step, config, choices, num_classes)
+    return _plan_for_budget(step, config, choices, float(loop_budget), num_classes, eval_samples, ram_bytes)
 
-    budget = float(loop_budget)
-    value("ngf", lambda: config.ngf)
-    # 1. Rounds sized so that about TARGET_EPOCHS epochs fill the budget: the batch, then (if the smallest batch is
-    #    still too slow) fewer generator steps.
+
+def _plan_without_budget(step: _ProcessCosts, config: DistillConfig, choices: _Choices, num_classes: int) -> Plan:
+    """The paper's schedule, with batches cut to what this device does in about a second a step."""
+    costs, value = step.costs, choices.value
+    min_batch, max_batch = _batch_range(num_classes)
+
+    def device_batch() -> int:
+        per_step = costs.generator(max_batch)
+        if per_step <= NO_BUDGET_STEP_SECONDS:
+            return config.synthesis_batch
+        fits = (NO_BUDGET_STEP_SECONDS - costs.generator.fixed) / max(costs.generator.per_sample, 1e-12)
+        return min(max_batch, max(min_batch, _round_to_classes(fits, num_classes)))
+    synthesis_batch = value("synthesis_batch", device_batch)
+    kd_batch = value("kd_batch", lambda: config.kd_batch if synthesis_batch >= config.synthesis_batch
+                     else _pow2(1.28 * synthesis_batch, 32, MAX_KD_BATCH))
+    g_steps, rounds = config.g_steps, config.rounds_per_epoch
+    warmup_epochs, warmup_rounds = config.warmup_epochs, config.warmup_rounds
+    kd_epoch = config.kd_steps * step.kd(kd_batch)
+    warm_s = warmup_rounds * g_steps * step.warm(synthesis_batch) + kd_epoch
+    epoch_s = rounds * g_steps * step.normal(synthesis_batch) + kd_epoch
+    total = warmup_epochs * warm_s + (config.epochs - warmup_epochs) * epoch_s
+    expected = _expected_samples(synthesis_batch, warmup_epochs, warmup_rounds, config.epochs, rounds)
+    first = warmup_rounds * g_steps * step.warm(synthesis_batch)
+    return Plan(choices.chosen, choices.fixed, costs, None, None, warm_s, epoch_s, first, total, SYNTHESIS_SHARE,
+                expected, (_eta_note(total),))
+
+
+def _round_settings(step: _ProcessCosts, config: DistillConfig, choices: _Choices, budget: float,
+                    num_classes: int) -> tuple[int, int, int, int]:
+    """Rounds sized so that about TARGET_EPOCHS epochs fill the budget: the batch, then (if the smallest batch is
+    still too slow) fewer generator steps. Returns (g_steps, synthesis_batch, kd_batch, rounds_per_epoch)."""
+    costs, value, fixed = step.costs, choices.value, choices.fixed
+    min_batch, max_batch = _batch_range(num_classes)
     planned_rounds = int(fixed.get("rounds_per_epoch", config.rounds_per_epoch))
     round_target = min(MAX_ROUND_SECONDS, max(MIN_ROUND_SECONDS, config.synthesis_share * budget
                                               / (TARGET_EPOCHS * planned_rounds)))
     g_steps = value("g_steps", lambda: config.g_steps if "synthesis_batch" in fixed else
-                    max(MIN_G_STEPS, min(config.g_steps, int(round_target / gen_a(min_batch)))))
+                    max(MIN_G_STEPS, min(config.g_steps, int(round_target / costs.generator(min_batch * step.share)))))
 
     def synthesis_batch_for_budget() -> int:
-        fits = (round_target / g_steps - costs.generator.fixed) / max(costs.generator.per_sample * share, 1e-12)
+        fits = (round_target / g_steps - costs.generator.fixed) / max(costs.generator.per_sample * step.share, 1e-12)
         return min(max_batch, max(min_batch, _round_to_classes(fits, num_classes)))
     synthesis_batch = value("synthesis_batch", synthesis_batch_for_budget)
     kd_batch = value("kd_batch", lambda: _pow2(1.28 * synthesis_batch, 32, MAX_KD_BATCH))
     rounds = value("rounds_per_epoch", lambda: config.rounds_per_epoch)
+    return g_steps, synthesis_batch, kd_batch, rounds
 
-    warm_round = g_steps * gen_w(synthesis_batch)
-    normal_round = g_steps * (gen_a if adversarial else gen_w)(synthesis_batch)
-    one_step = kd(kd_batch)
+
+def _plan_for_budget(step: _ProcessCosts, config: DistillConfig, choices: _Choices, budget: float, num_classes: int,
+                     eval_samples: int, ram_bytes: int | None) -> Plan:
+    value, fixed, notes = choices.value, choices.fixed, []
+    value("ngf", lambda: config.ngf)
+    # 1. The rounds.
+    g_steps, synthesis_batch, kd_batch, rounds = _round_settings(step, config, choices, budget, num_classes)
+    warm_round = g_steps * step.warm(synthesis_batch)
+    normal_round = g_steps * step.normal(synthesis_batch)
+    one_step = step.kd(kd_batch)
     smallest = min(warm_round, normal_round) + one_step
     if budget < smallest:
         raise UserError(f"budget too small: one synthesis round ({g_steps} steps of {synthesis_batch} images) and one "
@@ -283,30 +322,22 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
     warmup_epochs = value("warmup_epochs", lambda: max(1, min(config.warmup_epochs,
                                                               round(WARMUP_SHARE * budget / warm_epoch))))
     epoch = rounds * normal_round + kd_epoch
-    per_epoch_overhead = _epoch_overhead(costs, eval_samples, synthesis_batch, config)
+    per_epoch_overhead = _epoch_overhead(step.costs, eval_samples, synthesis_batch, config)
     # 4. As many epochs as fit; the last may be cut by the budget (the learning rate follows the clock as well).
     epochs = value("epochs", lambda: warmup_epochs + max(1, math.ceil(
         (budget - warmup_epochs * (warm_epoch + per_epoch_overhead)) / (epoch + per_epoch_overhead))))
     n_warm = min(warmup_epochs, epochs)
     total = n_warm * (warm_epoch + per_epoch_overhead) + (epochs - n_warm) * (epoch + per_epoch_overhead)
     expected = _expected_samples(synthesis_batch, warmup_epochs, warmup_rounds, epochs, rounds)
-    memory_capacity = value("memory_capacity", lambda: _memory_capacity(expected, costs.sample_bytes, ram_bytes))
+    memory_capacity = value("memory_capacity", lambda: _memory_capacity(expected, step.costs.sample_bytes, ram_bytes))
     if memory_capacity < expected:
         notes.append(f"the memory keeps the newest {memory_capacity:,} of about {expected:,} samples")
     if total > budget * 1.05 and any(k in fixed for k in ("epochs", "kd_steps", "g_steps", "synthesis_batch")):
         notes.append(f"the settings you chose take about {total:.0f} s, more than the {budget:.0f} s left: "
                      "the budget will stop the run first")
     first = warmup_rounds * warm_round
-    return Plan(chosen, fixed, costs, budget, config.time_budget, warm_epoch + per_epoch_overhead,
+    return Plan(choices.chosen, fixed, step.costs, budget, config.time_budget, warm_epoch + per_epoch_overhead,
                 epoch + per_epoch_overhead, first, total, share_s, expected, tuple(notes))
-
-
-def _epoch_seconds(gen_w: Callable[[float], float], gen_a: Callable[[float], float], kd: Callable[[float], float],
-                   synthesis_batch: int, g_steps: int, warmup_rounds: int, rounds: int, kd_batch: int,
-                   kd_steps: int) -> tuple[float, float]:
-    kd_epoch = kd_steps * kd(kd_batch)
-    return (warmup_rounds * g_steps * gen_w(synthesis_batch) + kd_epoch,
-            rounds * g_steps * gen_a(synthesis_batch) + kd_epoch)
 
 
 def _expected_samples(synthesis_batch: int, warmup_epochs: int, warmup_rounds: int, epochs: int, rounds: int) -> int:

@@ -4,15 +4,11 @@ behind ``nayer-edge distill``)."""
 from __future__ import annotations
 
 import itertools
-import json
-import logging
-import math
 import os
 import random
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Collection
@@ -20,23 +16,15 @@ from typing import Any, Collection
 import numpy as np
 import torch
 
-from ..core.atomic import (
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    prepare_output_dir,
-    remove_temporaries,
-)
+from ..core.atomic import prepare_output_dir, remove_temporaries
 from ..core.errors import UserError, first_line
 from ..core.evaluate import accuracy
 from ..core.interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 from ..core.normalize import NormalizedModel
-from ..core.plots import save_sample_grid, save_training_curves
 from ..inputs.evaldata import load_eval_data
-from ..inputs.teacher import _error_line, load_teacher
-from ..synthesis.embeddings import class_separation, encode_class_names, onehot_embeddings
+from ..inputs.teacher import load_teacher
 from ..synthesis.memory import SampleMemory
-from ..zoo import build_student, describe_student
+from ..zoo import build_student
 from . import distributed
 from . import run_folder as rf
 from .checkpoint import (
@@ -48,32 +36,20 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import DistillConfig
-from .distributed import SINGLE, quiet_other_ranks, rank_seed, read_bytes_on_main
+from .distributed import quiet_other_ranks, rank_seed, read_bytes_on_main
 from .engine import Distiller
-from .performance import resolve_device
-from .planner import (
-    SCHEDULE_KEYS,
-    WRITE_BYTES_PER_SECOND,
-    Plan,
-    measure_step_costs,
-    needs_plan,
-    plan_schedule,
-    plan_table,
-    planned_ngf,
-    ram_bytes,
-    smallest_budget,
-    user_set_keys,
-)
+from .guarded_teacher import GuardedTeacher
+from .planner import Plan, needs_plan, user_set_keys
 from .progress import RichProgress
 from .run_folder import CHECKPOINT, HOLDOUT, MEMORY, recorded_teacher_sha256
+from .run_inputs import RunInputs, RunParts, check_student, label_embeddings
+from .run_plan import final_reserve, make_plan, print_plan
+from .run_results import run_metrics, write_artefacts
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
 TORCHRUN_REPEAT_WINDOW = 2.0
 # Under torchrun, the stop request is all-reduced at every this-many-th safe point (see stop_now).
 STOP_POLL_EVERY = 8
-# What a budgeted run keeps back for its end (final evaluation, sample memories, TorchScript, plots, JSON), besides
-# the time to write its memories (see _final_reserve).
-FINAL_FIXED_SECONDS = 3.0
 
 
 def _make_folders(out_dir: Path) -> list[Path]:
@@ -95,90 +71,14 @@ def _undo_output(out_dir: Path, made: list[Path], memory_path: Path) -> None:
     remove_temporaries(out_dir)
 
 
-class GuardedTeacher(NormalizedModel):
-    """The teacher as the run calls it: a :class:`~nayer_edge.core.normalize.NormalizedModel` (the same modules and
-    buffers) that turns whatever the teacher itself raises into one :class:`UserError` line. It passed the
-    load-time probe (a batch of 2); this catches one that fails on a run's batches.
-
-    ``compiled``: the run will ``torch.compile`` it. The call to the teacher then stays outside dynamo (the
-    teacher's own forward is still compiled), which would otherwise report a failing forward as its own error
-    while tracing, past the ``except``."""
-
-    def __init__(self, model: torch.nn.Module, mean: Any, std: Any, compiled: bool = False):
-        super().__init__(model, mean, std)
-        self._call = torch.compiler.disable(_call_teacher, recursive=False) if compiled else _call_teacher
-        self._compiled = compiled
-
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        return self._call(self.model, (images01 - self.mean) / self.std, self._compiled)
-
-
-def _call_teacher(model: torch.nn.Module, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-    # Compiled, dynamo logs a failing op's traceback at ERROR while tracing, before raising: the line says it.
-    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
-    was_disabled = fake_tensor_log.disabled
-    fake_tensor_log.disabled = was_disabled or compiled
-    try:
-        out = model(x)
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - only the teacher's own forward is in here
-
-        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(_root_cause(err)).rstrip('.')}; check that it "
-                        "accepts any batch size (or lower the recipe's batch sizes)") from None
-    finally:
-        fake_tensor_log.disabled = was_disabled
-    if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[0] != x.shape[0]):
-        raise UserError(f"the teacher returned shape {tuple(out.shape)} for a batch of {_batch(x)}; expected "
-                        f"{x.shape[0]}×classes logits; check that it accepts any batch size (or lower the "
-                        "recipe's batch sizes)")
-    return out
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    """A compiled teacher's failure comes wrapped by dynamo ("RuntimeError when making fake tensor call"); the
-    teacher's own error is down its chain of causes and contexts."""
-    while type(err).__module__.startswith(("torch._dynamo", "torch._subclasses")):
-        inner = err.__cause__ or err.__context__
-        if inner is None:
-            break
-        err = inner
-    return err
-
-
-def _batch(x: torch.Tensor) -> str:
-    return f"{x.shape[0]} images of {'×'.join(map(str, x.shape[1:]))}"
-
-
-def label_embeddings(config: DistillConfig, class_names: list[str], cache_dir: Path | None) -> torch.Tensor | None:
-    if config.generator == "noise":
-        return None
-    if config.embedding == "onehot":
-        return onehot_embeddings(len(class_names))
-    return encode_class_names(class_names, encoder=config.text_encoder, template=config.prompt_template,
-                              allow_download=config.allow_download, cache_dir=cache_dir)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _check_student(student: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int, spec: str) -> None:
-    try:
-        with torch.no_grad():
-            out = student.eval()(torch.zeros(2, *input_shape))
-    except Exception as err:  # noqa: BLE001 - any failure of the user's model is reported as one line
-        raise UserError(f"student '{spec}' rejects input shape {','.join(map(str, input_shape))}: "
-                        f"{first_line(err)}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"student '{spec}' must return N×{num_classes} logits, got {shape}")
-    student.train()
-
-# Keyword-only options, one per command-line option of the command it backs: the library's public API.
-
+# Keyword-only options, one per command-line option of the command it backs: the library's public API. Of its
+# 84 lines, 25 are its documentation; the body is the validation, then the run.
 def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig | None = None,
             arch: str | None = None, classes: list[str] | None = None,
             input_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
@@ -233,7 +133,7 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
         class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
         channels, height, width = spec.input_shape
         student = build_student(config.student, num_classes=loaded.num_classes, in_channels=channels, input_size=height)
-        _check_student(student, spec.input_shape, loaded.num_classes, config.student)
+        check_student(student, spec.input_shape, loaded.num_classes, config.student)
         eval_set = (load_eval_data(eval_data, input_shape=spec.input_shape, classes=class_names)
                     if eval_data and main_rank else None)
         if eval_set is not None and int(eval_set[1].max()) >= loaded.num_classes:
@@ -264,83 +164,10 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     distributed.shutdown(dist)
     return metrics
 
-# Keyword-only options, one per command-line option of the command it backs: the library's public API.
-
-def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: Collection[str] | None = None,
-         arch: str | None = None, classes: list[str] | None = None, input_shape: tuple[int, int, int] | None = None,
-         mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, trust_pickle: bool = False,
-         eval_samples: int = 0, cache_dir: Path | None = None) -> Any:
-    """The schedule :func:`distill` would plan for ``teacher`` on this device (measured here), without training::
-
-        print(plan("teacher.pt", config=load_config(None, {"time_budget": 600})).to_dict()["values"])
-    """
-    started = time.perf_counter()
-    config = config or DistillConfig()
-    keys = user_set_keys(config, user_set)
-    device = resolve_device(config.device)
-    loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
-                          trust_pickle=trust_pickle)
-    spec = loaded.spec
-    class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
-    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=spec.input_shape[0],
-                            input_size=spec.input_shape[1])
-    _check_student(student, spec.input_shape, loaded.num_classes, config.student)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if not needs_plan(config, keys):
-        return Plan({}, {k: getattr(config, k) for k in SCHEDULE_KEYS if k in keys}, None, None, config.time_budget,
-                    0.0, 0.0, 0.0, 0.0, 0.0, 0, ("every schedule setting is set: nothing to plan",))
-    embeddings = label_embeddings(config, class_names, cache_dir)
-    run = RunInputs(config=config, out_dir=Path(), device=device, loaded=loaded, class_names=class_names,
-                    eval_set=None, embeddings=embeddings, resume=False, show_progress=False, arch=arch,
-                    started=started, user_set=keys, reserve_after=0.0)
-    return _make_plan(run, GuardedTeacher(loaded.model, spec.mean, spec.std),
-                      NormalizedModel(student, spec.mean, spec.std), SINGLE, eval_samples)
-
-
 def _checkpoint_does_not_fit(out_dir: Path, err: Exception) -> UserError:
     detail = first_line(err, "", 200)
     return UserError(f"{out_dir / CHECKPOINT}: damaged or not this run's ({type(err).__name__}: {detail}); remove it or "
                      "run without --resume")
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """What one distillation run works from, checked and loaded by :func:`distill` before anything is written:
-    handed down whole instead of as keyword relays. ``config`` is the planned one once a plan is made."""
-
-    config: DistillConfig
-    out_dir: Path
-    device: torch.device
-    loaded: Any  # the LoadedTeacher
-    class_names: list[str]
-    eval_set: Any  # (images, labels) on rank 0 with --eval-data, else None
-    embeddings: torch.Tensor | None
-    resume: bool
-    show_progress: bool
-    arch: str | None
-    started: float  # perf_counter() the budget counts from
-    user_set: set[str]  # the settings the user chose: the planner keeps them
-    reserve_after: float  # seconds the caller needs after distill returns (compress: the deployment)
-
-    @property
-    def eval_samples(self) -> int:
-        return int(len(self.eval_set[1])) if self.eval_set is not None else 0
-
-
-@dataclass
-class RunParts:
-    """What :func:`_distill_run` builds for the loop: the models, the checkpoint being resumed, the plan, and
-    where the sample memory lives; ``written`` lists the checkpoints this run wrote (none: a failure undoes
-    the run's output)."""
-
-    teacher_module: Any
-    student: torch.nn.Module
-    student_module: Any
-    checkpoint: dict[str, Any] | None
-    plan: Any
-    memory_path: Path
-    written: list[Path] = field(default_factory=list)
 
 
 def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]:
@@ -363,11 +190,11 @@ def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]
     student_module = NormalizedModel(student, spec.mean, spec.std)
     if plan is None and checkpoint is None and needs_plan(config, run.user_set):
         # Made once, on rank 0, and shared: every rank runs the same schedule.
-        plan = Plan.from_dict(dist.on_main(lambda: _make_plan(
+        plan = Plan.from_dict(dist.on_main(lambda: make_plan(
             dc_replace(run, config=config), teacher_module, student_module, dist, run.eval_samples).to_dict()))
         config = plan.apply(config)
         if run.show_progress and dist.is_main:
-            _print_plan(plan)
+            print_plan(plan)
     run = dc_replace(run, config=config)
     if dist.enabled:
         # The same student on every rank; from here on each rank draws its own generators and noisy layers.
@@ -439,8 +266,8 @@ def _build_and_run(dist: Any, run: RunInputs, parts: RunParts, stop: StopRequest
         return dist.broadcast_object(None)
     if not parts.written and not run.resume:
         (run.out_dir / CHECKPOINT).unlink(missing_ok=True)  # an earlier run's: stopped before its first epoch ended
-    metrics = _metrics(dist, run, parts, distiller, state, notes, teacher_accuracy, resolved["plan"])
-    _write_artefacts(run, parts, distiller, state, resolved, metrics)
+    metrics = run_metrics(dist, run, parts, distiller, state, notes, teacher_accuracy, resolved["plan"])
+    write_artefacts(run, parts, distiller, state, resolved, metrics)
     return dist.broadcast_object(metrics)
 
 
@@ -523,7 +350,7 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
         # with budgets of their own (each process started its clock at its own moment) could stop at
         # different steps and leave one waiting in a collective.
         spent = dist.broadcast_float(time.perf_counter() - run.started)
-        left = config.time_budget - spent - run.reserve_after - _final_reserve(config, parts.plan)
+        left = config.time_budget - spent - run.reserve_after - final_reserve(config, parts.plan)
         if left <= 0 and distiller.state.epoch == 0 and not distiller.state.kd_step:
             raise UserError(f"the time budget ({config.time_budget:g} s) is spent before the first synthesis round "
                             f"({spent:.0f} s of setup, {run.reserve_after:.0f} s kept for what "
@@ -547,163 +374,6 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
     return state
 
 
-def _metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, state: Any, notes: list[str],
-             teacher_accuracy: float | None, plan_record: dict[str, Any] | None) -> dict[str, Any]:
-    """``metrics.json`` of a finished run (rank 0)."""
-    config, loaded, eval_set = run.config, run.loaded, run.eval_set
-    if any(distiller.nonfinite.values()):
-        skipped = distiller.nonfinite
-        notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
-                     f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
-    rounds = (distiller.memory.total_added + distiller.holdout.total_added) // max(1, config.synthesis_batch)
-    untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
-                                 setup_seconds=time.perf_counter() - run.started - state.elapsed)
-    if untrained:
-        notes.append(untrained)
-    student_params = sum(p.numel() for p in parts.student.parameters())
-    return {
-        "plan": plan_record,
-        "teacher_accuracy": teacher_accuracy,
-        "student_accuracy": (accuracy(parts.student_module, *eval_set, device=run.device)
-                             if eval_set is not None else None),
-        "agreement": distiller.holdout_agreement(),
-        "epochs": state.epoch,
-        "kd_steps": state.kd_step,
-        "kd_steps_per_epoch": config.kd_steps,
-        "synthesis_rounds": int(rounds),
-        "untrained": untrained,
-        "wall_seconds": round(time.perf_counter() - run.started, 2),
-        "distill_seconds": round(state.elapsed, 2),
-        "stopped_by": state.stopped_by or "epochs",
-        "student": config.student,
-        "student_params": student_params,
-        "teacher_params": loaded.param_count,
-        "compression": round(loaded.param_count / max(1, student_params), 2),
-        "teacher_bn_layers": distiller.probe.num_layers,
-        "nonfinite": dict(distiller.nonfinite),
-        "synthetic_samples": distiller.memory.total_added,
-        "memory_samples": len(distiller.memory),
-        "memory_bytes": distiller.memory.nbytes,
-        "memory_device": str(distiller.memory.device),
-        "amp": distiller.amp.precision,
-        "channels_last": distiller.channels_last,
-        "generator": config.generator,
-        "embedding": config.embedding if config.generator == "nayer" else None,
-        "eval_samples": run.eval_samples,
-        "embedding_separation": _separation(run.embeddings),
-        "notes": notes,
-        "world_size": dist.world_size,
-        "history": state.history,
-    }
-
-
-def _write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any, resolved: dict[str, Any],
-                     metrics: dict[str, Any]) -> None:
-    """The finished run folder (rank 0); ``metrics.json`` last, so that a run folder with one is whole."""
-    out_dir, config, loaded, student = run.out_dir, run.config, run.loaded, parts.student
-    spec = loaded.spec
-    channels, height, _ = spec.input_shape
-    student.eval().to("cpu", memory_format=torch.contiguous_format)  # artefacts in the usual layout
-    distiller.memory.save(out_dir / MEMORY)
-    distiller.holdout.save(out_dir / HOLDOUT)
-    scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
-    _atomic_jit_save(scripted, out_dir / rf.STUDENT_TS)
-    atomic_torch_save(out_dir / rf.STUDENT_WEIGHTS, student.state_dict())
-    atomic_write_text(out_dir / rf.STUDENT_SPEC, json.dumps({
-        "architecture": describe_student(config.student, loaded.num_classes, channels, height),
-        "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
-        "classes": run.class_names, "input": "normalised: (x - mean) / std of images in [0, 1]",
-    }, indent=2))
-    atomic_write_text(out_dir / rf.CONFIG, json.dumps(resolved, indent=2))
-    images, labels = distiller.memory.all()
-    newest = slice(-min(len(images), 8 * 20 * len(run.class_names)), None)  # enough for 8 per class of 20 rows
-    save_sample_grid(images[newest], labels[newest], run.class_names, out_dir / rf.SAMPLE_GRID)
-    save_training_curves(state.history, out_dir / rf.CURVES)
-    metrics["artifacts"] = {name: str(out_dir / name) for name in
-                            (rf.STUDENT_TS, rf.STUDENT_WEIGHTS, rf.STUDENT_SPEC, rf.CONFIG, rf.SAMPLE_GRID, rf.CURVES,
-                             MEMORY, CHECKPOINT)}
-    atomic_write_text(out_dir / rf.METRICS, json.dumps(metrics, indent=2))
-    (out_dir / rf.MEMORY_MMAP).unlink(missing_ok=True)
-
-
-def untrained_reason(config: DistillConfig, *, kd_steps: int, rounds: int, distill_seconds: float,
-                     setup_seconds: float) -> str | None:
-    """One line saying that the student never took a KD step and about what budget would have let it, or None
-    when it trained. The estimate counts the synthesis rounds the schedule runs before its first KD step at the
-    pace this run measured. A student stopped before it finished its first epoch of KD steps has not trained
-    either: a few steps of a cosine schedule at its peak rate teach it nothing a release can rely on."""
-    if kd_steps >= config.kd_steps:
-        return None
-    if kd_steps > 0:
-        need = math.ceil(1.2 * (setup_seconds + distill_seconds * config.kd_steps / kd_steps) + 10)
-        return (f"the student never finished its first epoch: {kd_steps} of its {config.kd_steps} KD steps in "
-                f"{distill_seconds:.0f} s of distillation; a --time-budget of at most about {need} s would let it, "
-                "or leave the schedule to the planner (--schedule auto, no fixed recipe)")
-    warm = config.warmup_epochs > 0
-    before_kd = (config.warmup_rounds if warm else config.rounds_per_epoch) if config.kd_during_warmup else \
-        config.warmup_epochs * config.warmup_rounds + config.rounds_per_epoch
-    per_round = distill_seconds / rounds if rounds else None
-    line = (f"the student never trained: 0 KD steps in {distill_seconds:.0f} s of distillation, which went to "
-            f"{rounds} synthesis round(s) of the {before_kd} the schedule runs before its first KD step")
-    if per_round is None:
-        return line + "; give a larger --time-budget, or leave the schedule to the planner (--schedule auto)"
-    need = math.ceil(1.2 * (setup_seconds + before_kd * per_round) + 10)
-    return (line + f" (about {per_round:.0f} s each); a --time-budget of about {need} s would have let it train, "
-            "or leave the schedule to the planner (--schedule auto, no fixed recipe)")
-
-
-def _final_reserve(config: DistillConfig, plan: Any) -> float:
-    """Seconds a budgeted run keeps for its end: a fixed part, and writing the sample memories it will hold."""
-    samples = plan.expected_samples if plan is not None else config.memory_capacity
-    held = min(samples, config.memory_capacity)
-    sample_bytes = plan.costs.sample_bytes if plan is not None and plan.costs else 3 * 32 * 32
-
-    return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / WRITE_BYTES_PER_SECOND
-
-
-def _make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: Any, eval_samples: int) -> Any:
-    """Measure the step costs here and plan the schedule (see :mod:`nayer_edge.distill.planner`) for the run's own
-    inputs and ``eval_samples`` held-out images to evaluate each epoch; the models are copied before any step is
-    taken."""
-    import copy
-
-    config, user_set, loaded, started = run.config, run.user_set, run.loaded, run.started
-    config = dc_replace(config, ngf=planned_ngf(config, user_set, loaded.spec.input_shape))  # measured as it will run
-
-    def make(trial: DistillConfig) -> Distiller:
-        return Distiller(teacher_module, copy.deepcopy(student_module), run.embeddings, trial, loaded.spec.input_shape,
-                         loaded.num_classes, run.device)
-
-    costs = measure_step_costs(make, config, num_classes=loaded.num_classes)
-
-    def attempt(final_reserve: float) -> Any:
-        loop_budget = None
-        if config.time_budget is not None:
-            outside = ((time.perf_counter() - started) + run.reserve_after + final_reserve
-                       + costs.forward(eval_samples) * 0.5)
-            loop_budget = config.time_budget - outside
-        return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes, loop_budget=loop_budget,
-                             eval_samples=eval_samples, world_size=dist.world_size, ram_bytes=ram_bytes())
-
-    try:
-        first = attempt(FINAL_FIXED_SECONDS)
-        return attempt(_final_reserve(first.apply(config), first))
-    except UserError as err:
-        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
-        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
-        raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
-                        f"use at least --time-budget {least:g}") from None
-
-
-def _print_plan(plan: Any) -> None:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    console.print(plan_table(plan))
-    for note in plan.notes:
-        console.print(f"[yellow]plan:[/] {note}")
-
-
 def _position(state: Any, config: DistillConfig) -> str:
     if state.step:
         return f"in epoch {state.epoch + 1}/{config.epochs} after KD step {state.step}/{config.kd_steps}"
@@ -712,16 +382,3 @@ def _position(state: Any, config: DistillConfig) -> str:
     return f"after epoch {state.epoch}/{config.epochs}"
 
 
-def _separation(embeddings: torch.Tensor | None) -> dict[str, Any] | None:
-    """Pairwise cosine of the class embeddings, raw and as BatchNorm1d sees them (standardised)."""
-    if embeddings is None or len(embeddings) < 2:
-        return None
-    return class_separation(embeddings)
-
-
-def _atomic_jit_save(module: torch.jit.ScriptModule, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,123 @@
+"""The schedule a run would follow: measured here and planned (:mod:`nayer_edge.distill.planner`) for the run's
+own teacher, student and budget; :func:`plan` is the library entry point behind ``nayer-edge plan``."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace as dc_replace
+from pathlib import Path
+from typing import Any, Collection
+
+import torch
+
+from ..core.errors import UserError
+from ..core.normalize import NormalizedModel
+from ..inputs.teacher import load_teacher
+from ..zoo import build_student
+from .config import DistillConfig
+from .distributed import SINGLE
+from .engine import Distiller
+from .guarded_teacher import GuardedTeacher
+from .performance import resolve_device
+from .planner import (
+    SCHEDULE_KEYS,
+    WRITE_BYTES_PER_SECOND,
+    Plan,
+    measure_step_costs,
+    needs_plan,
+    plan_schedule,
+    plan_table,
+    planned_ngf,
+    ram_bytes,
+    smallest_budget,
+    user_set_keys,
+)
+from .run_inputs import RunInputs, check_student, label_embeddings
+
+# What a budgeted run keeps back for its end (final evaluation, sample memories, TorchScript, plots, JSON), besides
+# the time to write its memories (see final_reserve).
+FINAL_FIXED_SECONDS = 3.0
+
+
+# Keyword-only options, one per command-line option of the command it backs: the library's public API.
+def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: Collection[str] | None = None,
+         arch: str | None = None, classes: list[str] | None = None, input_shape: tuple[int, int, int] | None = None,
+         mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, trust_pickle: bool = False,
+         eval_samples: int = 0, cache_dir: Path | None = None) -> Any:
+    """The schedule :func:`~nayer_edge.distill.run.distill` would plan for ``teacher`` on this device (measured here), without training::
+
+        print(plan("teacher.pt", config=load_config(None, {"time_budget": 600})).to_dict()["values"])
+    """
+    started = time.perf_counter()
+    config = config or DistillConfig()
+    keys = user_set_keys(config, user_set)
+    device = resolve_device(config.device)
+    loaded = load_teacher(teacher, arch=arch, classes=classes, input_shape=input_shape, mean=mean, std=std,
+                          trust_pickle=trust_pickle)
+    spec = loaded.spec
+    class_names = list(spec.classes) if spec.classes else [str(i) for i in range(loaded.num_classes)]
+    student = build_student(config.student, num_classes=loaded.num_classes, in_channels=spec.input_shape[0],
+                            input_size=spec.input_shape[1])
+    check_student(student, spec.input_shape, loaded.num_classes, config.student)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if not needs_plan(config, keys):
+        return Plan({}, {k: getattr(config, k) for k in SCHEDULE_KEYS if k in keys}, None, None, config.time_budget,
+                    0.0, 0.0, 0.0, 0.0, 0.0, 0, ("every schedule setting is set: nothing to plan",))
+    embeddings = label_embeddings(config, class_names, cache_dir)
+    run = RunInputs(config=config, out_dir=Path(), device=device, loaded=loaded, class_names=class_names,
+                    eval_set=None, embeddings=embeddings, resume=False, show_progress=False, arch=arch,
+                    started=started, user_set=keys, reserve_after=0.0)
+    return make_plan(run, GuardedTeacher(loaded.model, spec.mean, spec.std),
+                      NormalizedModel(student, spec.mean, spec.std), SINGLE, eval_samples)
+
+
+def final_reserve(config: DistillConfig, plan: Any) -> float:
+    """Seconds a budgeted run keeps for its end: a fixed part, and writing the sample memories it will hold."""
+    samples = plan.expected_samples if plan is not None else config.memory_capacity
+    held = min(samples, config.memory_capacity)
+    sample_bytes = plan.costs.sample_bytes if plan is not None and plan.costs else 3 * 32 * 32
+
+    return FINAL_FIXED_SECONDS + 2 * held * sample_bytes / WRITE_BYTES_PER_SECOND
+
+
+def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: Any, eval_samples: int) -> Any:
+    """Measure the step costs here and plan the schedule (see :mod:`nayer_edge.distill.planner`) for the run's own
+    inputs and ``eval_samples`` held-out images to evaluate each epoch; the models are copied before any step is
+    taken."""
+    config, user_set, loaded, started = run.config, run.user_set, run.loaded, run.started
+    config = dc_replace(config, ngf=planned_ngf(config, user_set, loaded.spec.input_shape))  # measured as it will run
+
+    def make(trial: DistillConfig) -> Distiller:
+        return Distiller(teacher_module, copy.deepcopy(student_module), run.embeddings, trial, loaded.spec.input_shape,
+                         loaded.num_classes, run.device)
+
+    costs = measure_step_costs(make, config, num_classes=loaded.num_classes)
+
+    def attempt(final_reserve: float) -> Any:
+        loop_budget = None
+        if config.time_budget is not None:
+            outside = ((time.perf_counter() - started) + run.reserve_after + final_reserve
+                       + costs.forward(eval_samples) * 0.5)
+            loop_budget = config.time_budget - outside
+        return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes, loop_budget=loop_budget,
+                             eval_samples=eval_samples, world_size=dist.world_size, ram_bytes=ram_bytes())
+
+    try:
+        first = attempt(FINAL_FIXED_SECONDS)
+        return attempt(final_reserve(first.apply(config), first))
+    except UserError as err:
+        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
+        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
+        raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
+                        f"use at least --time-budget {least:g}") from None
+
+
+def print_plan(plan: Any) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(plan_table(plan))
+    for note in plan.notes:
+        console.print(f"[yellow]plan:[/] {note}")
