@@ -60,8 +60,7 @@ NORMALISED = "normalised"
 
 # --------------------------------------------------------------------------------------- export
 
-# Keyword-only export options (batch, opset, normalisation, metadata), each with a default: the public API.
-
+# One keyword per export setting, each with a default (callers name them): the count is the interface.
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -94,8 +93,34 @@ def export_onnx(
         export_onnx(student, "out/student.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
                     fold_normalization=True, batch=None)
     """
-    onnx = require("onnx")
+    require("onnx")  # a missing onnx is reported before bad arguments
 
+    shape, mean_t, std_t = _check_options(input_shape, mean, std, fold_normalization, batch, opset)
+    convention = _Convention(input=NORMALISED if (mean_t is not None and not fold_normalization) else IMAGES01,
+                             shape=shape, mean=mean_t, std=std_t,
+                             classes=[str(c) for c in classes] if classes is not None else None)
+    was_training = model.training
+    net, example = _export_input(model, convention, fold_normalization, batch)
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        raw = tmp_dir / "export.onnx"
+        _torch_export(net, example, raw, opset, dynamic=batch is None)
+        staged = tmp_dir / out.name
+        external = _stage(raw, staged, convention, provenance, external_data_threshold)
+        _publish(staged, out, external)
+    finally:
+        model.train(was_training)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def _check_options(input_shape: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None,
+                   fold_normalization: bool, batch: int | None, opset: int
+                   ) -> tuple[tuple[int, int, int], tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The checked input shape, mean and std (one value per channel) of an export; UserError for bad options."""
     shape = _check_shape(input_shape)
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UserError(f"batch must be a positive integer or None (dynamic), got {batch!r}")
@@ -109,71 +134,87 @@ def export_onnx(
         raise UserError(f"std must be positive, got {list(std_t)}")
     if fold_normalization and mean_t is None:
         raise UserError("fold_normalization needs mean and std; pass the values the model was trained with")
-    if classes is not None:
-        classes = [str(c) for c in classes]
+    return shape, mean_t, std_t
 
-    was_training = model.training  # torch restores the mode of what it exports: a new wrapper is in train mode
-    net: nn.Module = NormalizedModel(model, mean_t, std_t).train(was_training) if fold_normalization else model
-    input_kind = NORMALISED if (mean_t is not None and not fold_normalization) else IMAGES01
+
+@dataclass(frozen=True)
+class _Convention:
+    """What the exported graph takes and gives, recorded in its metadata for the steps that read it."""
+
+    input: str  # IMAGES01 or NORMALISED
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    classes: list[str] | None
+
+    def metadata(self) -> dict[str, str]:
+        """The ``nayer_edge.*`` metadata strings, without the prefix."""
+        return {
+            "input": self.input,
+            "input_shape": json.dumps(list(self.shape)),
+            "mean": json.dumps(list(self.mean) if self.mean is not None else None),
+            "std": json.dumps(list(self.std) if self.std is not None else None),
+            "classes": json.dumps(self.classes),
+            "version": __version__,
+        }
+
+
+def _export_input(model: nn.Module, convention: _Convention, fold_normalization: bool, batch: int | None
+                  ) -> tuple[nn.Module, Tensor]:
+    """The module torch exports (``model``, or it behind the normalisation) and an example input for it."""
+    # torch restores the mode of what it exports: a new wrapper is in train mode
+    net: nn.Module = (NormalizedModel(model, convention.mean, convention.std).train(model.training)
+                      if fold_normalization else model)
     device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
     net = net.to(device) if fold_normalization else net
     # A batch of 2 for the dynamic export so nothing specialises on a size-1 batch.
-    example = torch.zeros(batch or 2, *shape, device=device)
+    return net, torch.zeros(batch or 2, *convention.shape, device=device)
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        raw = tmp_dir / "export.onnx"
-        _torch_export(net, example, raw, opset, dynamic=batch is None)
-        proto = onnx.load(str(raw))  # loads external tensors too, should torch have written any
-        out_dims = [d.dim_value or None for d in proto.graph.output[0].type.tensor_type.shape.dim]
-        if classes is not None and out_dims and out_dims[-1] and out_dims[-1] != len(classes):
-            raise UserError(f"{len(classes)} class names given but the model outputs {out_dims[-1]} logits; "
-                            "pass one name per output")
-        props = {
-            "input": input_kind,
-            "input_shape": json.dumps(list(shape)),
-            "mean": json.dumps(list(mean_t) if mean_t is not None else None),
-            "std": json.dumps(list(std_t) if std_t is not None else None),
-            "classes": json.dumps(classes),
-            "version": __version__,
-            **(provenance or {}),
-        }
-        existing = {p.key: p.value for p in proto.metadata_props}
-        existing.update({META_PREFIX + k: v for k, v in props.items()})
-        onnx.helper.set_model_props(proto, existing)
-        proto.producer_name = "nayer-edge"
-        proto.producer_version = __version__
 
-        data_name = f"{out.name}.data"
-        external = _weight_bytes(proto) > external_data_threshold
-        staged = tmp_dir / out.name
-        if external:
-            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(staged))
-        del proto
-        onnx.checker.check_model(str(staged))  # by path: resolves external data, no 2 GB limit
+def _stage(raw: Path, staged: Path, convention: _Convention, provenance: dict[str, str] | None,
+           external_data_threshold: int) -> bool:
+    """Save torch's export at ``raw`` as ``staged`` with its metadata, and check it; returns whether the weights
+    went to ``<name>.data`` beside it (over ``external_data_threshold`` bytes)."""
+    onnx = require("onnx")
+    proto = onnx.load(str(raw))  # loads external tensors too, should torch have written any
+    out_dims = [d.dim_value or None for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    classes = convention.classes
+    if classes is not None and out_dims and out_dims[-1] and out_dims[-1] != len(classes):
+        raise UserError(f"{len(classes)} class names given but the model outputs {out_dims[-1]} logits; "
+                        "pass one name per output")
+    existing = {p.key: p.value for p in proto.metadata_props}
+    existing.update({META_PREFIX + k: v for k, v in {**convention.metadata(), **(provenance or {})}.items()})
+    onnx.helper.set_model_props(proto, existing)
+    proto.producer_name = "nayer-edge"
+    proto.producer_version = __version__
 
-        _fsync(staged)
-        data_path = out.parent / data_name
-        if external:
-            _fsync(tmp_dir / data_name)
-            # The old model may point into the old .data at other offsets: remove it first, so a kill
-            # between the two renames leaves no model rather than a model with the wrong weights.
-            out.unlink(missing_ok=True)
-            os.replace(tmp_dir / data_name, data_path)
-            os.replace(staged, out)
-        else:
-            os.replace(staged, out)
-            data_path.unlink(missing_ok=True)  # weights of an earlier, external export of this file
-        fsync_dir(out.parent)
-    finally:
-        model.train(was_training)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
+    external = _weight_bytes(proto) > external_data_threshold
+    if external:
+        onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{staged.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(staged))
+    del proto
+    onnx.checker.check_model(str(staged))  # by path: resolves external data, no 2 GB limit
+    return external
+
+
+def _publish(staged: Path, out: Path, external: bool) -> None:
+    """Move the staged model (and its ``.data``) to ``out`` durably, removing the weights of an earlier export."""
+    data_name = f"{out.name}.data"
+    _fsync(staged)
+    data_path = out.parent / data_name
+    if external:
+        _fsync(staged.parent / data_name)
+        # The old model may point into the old .data at other offsets: remove it first, so a kill
+        # between the two renames leaves no model rather than a model with the wrong weights.
+        out.unlink(missing_ok=True)
+        os.replace(staged.parent / data_name, data_path)
+        os.replace(staged, out)
+    else:
+        os.replace(staged, out)
+        data_path.unlink(missing_ok=True)  # weights of an earlier, external export of this file
+    fsync_dir(out.parent)
 
 
 def _torch_export(net: nn.Module, example: Tensor, path: Path, opset: int, dynamic: bool) -> None:

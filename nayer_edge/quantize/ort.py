@@ -51,9 +51,10 @@ from ..core.optional import require
 
 CalibrateMethod = Literal["minmax", "percentile", "entropy"]
 _INT_TYPES = ("uint8", "int8")
+_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}  # onnxruntime's CalibrationMethod
 
-# Keyword-only calibration and layout options with defaults, as onnxruntime's quantize_static takes them.
 
+# One keyword per setting of onnxruntime's quantize_static it wraps: the count is the interface.
 def quantize_static_ort(
     fp32_onnx: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -79,22 +80,49 @@ def quantize_static_ort(
     Example: ``quantize_static_ort("student.onnx", "student.int8.onnx", memory.all()[0])``
     """
     onnx, quantization = require("onnx"), require("onnxruntime.quantization")
-    CalibrationDataReader, CalibrationMethod = quantization.CalibrationDataReader, quantization.CalibrationMethod
     QuantFormat, QuantType = quantization.QuantFormat, quantization.QuantType
-    quant_pre_process, quantize_static = quantization.quant_pre_process, quantization.quantize_static
 
     src = Path(fp32_onnx)
+    _check_options(src, activation, weight, calibrate_method, max_calibration, batch)
+    input_name, chunks = _calibration_chunks(onnx, src, calibration_images, max_calibration, batch)
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    dest = Path(out)
+    with tempfile.TemporaryDirectory(prefix="nayer-ort-quant-") as tmp:
+        source = str(src)
+        if preprocess:
+            source = os.path.join(tmp, "pre.onnx")
+            quantization.quant_pre_process(str(src), source, skip_symbolic_shape=False)
+        target = os.path.join(tmp, "int8.onnx")
+        quantization.quantize_static(
+            source,
+            target,
+            _reader(input_name, chunks),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=qtype[activation],
+            weight_type=qtype[weight],
+            calibrate_method=getattr(quantization.CalibrationMethod, _METHODS[calibrate_method]),
+            extra_options=dict(extra_options or {}),
+        )
+        atomic_write_bytes(dest, Path(target).read_bytes())
+    return dest
+
+
+def _check_options(src: Path, activation: str, weight: str, calibrate_method: str, max_calibration: int,
+                   batch: int) -> None:
     if not src.is_file():
         raise UserError(f"{src}: no such ONNX file; export one with export_onnx or `nayer-edge export`")
     if activation not in _INT_TYPES or weight not in _INT_TYPES:
         raise UserError(f"activation and weight must be one of {_INT_TYPES}, got {activation!r}, {weight!r}")
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    if calibrate_method not in methods:
-        raise UserError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
+    if calibrate_method not in _METHODS:
+        raise UserError(f"calibrate_method must be one of {sorted(_METHODS)}, got {calibrate_method!r}")
     if max_calibration < 1 or batch < 1:
         raise UserError("max_calibration and batch must be positive")
 
+
+def _calibration_chunks(onnx: Any, src: Path, calibration_images: Any, max_calibration: int, batch: int
+                        ) -> tuple[str, list[np.ndarray]]:
+    """The graph's one input and the calibration batches for it (only full ones for a fixed-batch graph)."""
     try:
         model = onnx.load(str(src), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - onnx raises several types for bad files
@@ -113,6 +141,12 @@ def quantize_static_ort(
     chunks = [c for c in chunks if len(c) == step or not dims[0]]  # a fixed-batch graph takes full batches only
     if not chunks:
         raise UserError(f"{src} has a fixed batch {step}; give at least {step} calibration images, got {len(images)}")
+    return inp.name, chunks
+
+
+def _reader(input_name: str, chunks: list[np.ndarray]) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` that feeds ``chunks`` to ``input_name``, rewindable."""
+    CalibrationDataReader = require("onnxruntime.quantization").CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -120,32 +154,12 @@ def quantize_static_ort(
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             chunk = next(self._it, None)
-            return None if chunk is None else {inp.name: chunk}
+            return None if chunk is None else {input_name: chunk}
 
         def rewind(self) -> None:
             self._it = iter(chunks)
 
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    dest = Path(out)
-    with tempfile.TemporaryDirectory(prefix="nayer-ort-quant-") as tmp:
-        source = str(src)
-        if preprocess:
-            source = os.path.join(tmp, "pre.onnx")
-            quant_pre_process(str(src), source, skip_symbolic_shape=False)
-        target = os.path.join(tmp, "int8.onnx")
-        quantize_static(
-            source,
-            target,
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=qtype[activation],
-            weight_type=qtype[weight],
-            calibrate_method=methods[calibrate_method],
-            extra_options=dict(extra_options or {}),
-        )
-        atomic_write_bytes(dest, Path(target).read_bytes())
-    return dest
+    return _Reader()
 
 
 def int8_node_summary(onnx_path: str | os.PathLike[str], *, threads: int | None = 1) -> dict[str, int]:

@@ -168,8 +168,8 @@ class QATReport:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-# Keyword-only training options with defaults (epochs, lr, batch, anchor, budget): the public API of QAT.
 
+# One keyword per QAT setting, recorded in config.json or chosen by the caller: the count is the interface.
 def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: torch.Tensor | None, *,
                  mean: list[float],
                  std: list[float], layout: Layout, epochs: float, lr: float, batch: int, temperature: float,
@@ -187,14 +187,7 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
 
     ``max_seconds``: the steps are cut, once the first few have been timed, to fit that time (the cosine then runs
     over the steps that fit)."""
-    if len(images01) == 0:
-        raise UserError("no synthetic samples to fine-tune on")
-    if epochs <= 0 or lr <= 0 or batch < 1:
-        raise UserError("QAT epochs, learning rate and batch must be positive")
-    if not 0.0 <= fp32_anchor <= 1.0:
-        raise UserError(f"QAT fp32_anchor must be within [0, 1], got {fp32_anchor}")
-    if fp32_anchor < 1.0 and teacher_logits is None:
-        raise UserError("QAT with fp32_anchor below 1 needs the teacher's logits")
+    _check_settings(images01, teacher_logits, epochs, lr, batch, fp32_anchor)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     normalised = (images01.float() - mean_t) / std_t
@@ -204,43 +197,93 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     order = torch.randperm(len(normalised), generator=generator)
     calibrate(gm, normalised[order[:calibration]])
 
-    steps = max(1, math.ceil(epochs * len(normalised) / batch))
+    targets = _Targets(student_logits, teacher_logits, fp32_anchor, temperature)
+    schedule = _Schedule(steps=max(1, math.ceil(epochs * len(normalised) / batch)), lr=lr, batch=batch,
+                         max_seconds=max_seconds, on_step=on_step)
+    losses, started = _train(gm, normalised, targets, schedule, generator)
+    gm.eval()
+    set_quantization(gm, "off")
+    steps = len(losses)
+    window = max(1, min(10, steps // 5))
+    report = QATReport(steps=steps, seconds=time.perf_counter() - started,
+                       initial_loss=sum(losses[:window]) / window, final_loss=sum(losses[-window:]) / window,
+                       quantizers=sum(isinstance(m, ActivationQuantizer) for m in gm.modules()), layout=layout)
+    return gm, report
+
+
+def _check_settings(images01: torch.Tensor, teacher_logits: torch.Tensor | None, epochs: float, lr: float,
+                    batch: int, fp32_anchor: float) -> None:
+    if len(images01) == 0:
+        raise UserError("no synthetic samples to fine-tune on")
+    if epochs <= 0 or lr <= 0 or batch < 1:
+        raise UserError("QAT epochs, learning rate and batch must be positive")
+    if not 0.0 <= fp32_anchor <= 1.0:
+        raise UserError(f"QAT fp32_anchor must be within [0, 1], got {fp32_anchor}")
+    if fp32_anchor < 1.0 and teacher_logits is None:
+        raise UserError("QAT with fp32_anchor below 1 needs the teacher's logits")
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """QAT's KD target: the FP32 student's logits (weight ``fp32_anchor``) blended with the teacher's."""
+
+    student: torch.Tensor | None
+    teacher: torch.Tensor | None
+    fp32_anchor: float
+    temperature: float
+
+    def loss(self, out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The KD loss of the logits ``out`` for the samples ``idx``."""
+        loss = out.new_zeros(())
+        if self.student is not None:
+            loss = loss + kd_divergence(out, self.student[idx], self.temperature) * self.fp32_anchor
+        if self.teacher is not None and self.fp32_anchor < 1.0:
+            loss = loss + kd_divergence(out, self.teacher[idx], self.temperature) * (1.0 - self.fp32_anchor)
+        return loss
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How QAT trains: ``steps`` SGD steps on random batches of ``batch``, the cosine from ``lr`` to 0, the steps
+    cut to fit ``max_seconds`` once the first few are timed; ``on_step(done, total)`` after each."""
+
+    steps: int
+    lr: float
+    batch: int
+    max_seconds: float | None
+    on_step: Callable[[int, int], None] | None
+
+
+def _train(gm: fx.GraphModule, normalised: torch.Tensor, targets: _Targets, schedule: _Schedule,
+           generator: torch.Generator) -> tuple[list[float], float]:
+    """Train ``gm`` (its quantizers calibrated) on ``normalised``; returns the loss of each step taken and the
+    ``perf_counter()`` at the first."""
+    steps = schedule.steps
     params = [p for p in gm.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=0.9)
+    cosine: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     gm.train()
     started = time.perf_counter()
     losses: list[float] = []
     timed_steps = 3
     step = 0
     while step < steps:
-        if max_seconds is not None and step == timed_steps:
-            fits = int(max_seconds / ((time.perf_counter() - started) / timed_steps))
+        if schedule.max_seconds is not None and step == timed_steps:
+            fits = int(schedule.max_seconds / ((time.perf_counter() - started) / timed_steps))
             if fits < steps:
                 steps = max(timed_steps + 1, fits)
-                schedule = _Cosine(optimizer, lr, steps, step)
-        idx = torch.randint(0, len(normalised), (min(batch, len(normalised)),), generator=generator)
-        out = gm(normalised[idx])
-        loss = out.new_zeros(())
-        if student_logits is not None:
-            loss = loss + kd_divergence(out, student_logits[idx], temperature) * fp32_anchor
-        if teacher_logits is not None and fp32_anchor < 1.0:
-            loss = loss + kd_divergence(out, teacher_logits[idx], temperature) * (1.0 - fp32_anchor)
+                cosine = _Cosine(optimizer, schedule.lr, steps, step)
+        idx = torch.randint(0, len(normalised), (min(schedule.batch, len(normalised)),), generator=generator)
+        loss = targets.loss(gm(normalised[idx]), idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        cosine.step()
         losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step + 1, steps)
+        if schedule.on_step is not None:
+            schedule.on_step(step + 1, steps)
         step += 1
-    gm.eval()
-    set_quantization(gm, "off")
-    window = max(1, min(10, steps // 5))
-    report = QATReport(steps=steps, seconds=time.perf_counter() - started,
-                       initial_loss=sum(losses[:window]) / window, final_loss=sum(losses[-window:]) / window,
-                       quantizers=sum(isinstance(m, ActivationQuantizer) for m in gm.modules()), layout=layout)
-    return gm, report
+    return losses, started
 
 
 class _Cosine:

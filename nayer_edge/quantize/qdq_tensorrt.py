@@ -42,7 +42,6 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
                       max_calibration: int = 512, batch: int = 32) -> Path:
     """Write an explicit symmetric Q/DQ INT8 copy of ``fp32_onnx`` to ``out`` (atomically) and return its path."""
     onnx = require("onnx")
-    helper, numpy_helper = require("onnx.helper"), require("onnx.numpy_helper")
 
     src = Path(fp32_onnx)
     model = load_fp32_onnx(src)
@@ -59,19 +58,48 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
     initializers = {t.name: t for t in graph.initializer}
     activations = _activation_inputs(graph, initializers)
     amax = _calibrate_amax(src, activations, images, batch)
+    new_nodes, new_initializers, dequantized = _activation_qdq(activations, amax)
+    weight_nodes, weight_initializers = _weight_qdq(graph, initializers)
+    new_nodes += weight_nodes
+    new_initializers += weight_initializers
+    for node in graph.node:
+        if node.op_type in WEIGHT_OPS + ("Add",):
+            for k, name in enumerate(node.input):
+                if name in dequantized:
+                    node.input[k] = dequantized[name]
 
-    new_nodes: list[Any] = []
-    new_initializers: list[Any] = []
+    _splice(graph, initializers, new_nodes, new_initializers)
+    set_metadata(model, "nayer_edge.quantization", "int8-qdq-tensorrt-symmetric")
+    onnx.checker.check_model(model)
+    dest = Path(out)
+    atomic_write_bytes(dest, model.SerializeToString())
+    return dest
+
+
+def _activation_qdq(names: list[str], amax: dict[str, float]) -> tuple[list[Any], list[Any], dict[str, str]]:
+    """A per-tensor symmetric Q/DQ pair for each activation: the nodes, their scale and zero-point initializers,
+    and the dequantized name that replaces each activation where it is quantized."""
+    helper, numpy_helper = require("onnx.helper"), require("onnx.numpy_helper")
+    nodes: list[Any] = []
+    initializers: list[Any] = []
     dequantized: dict[str, str] = {}
-    for name in activations:
+    for name in names:
         scale, zero = f"{name}_trt_scale", f"{name}_trt_zero_point"
-        new_initializers += [numpy_helper.from_array(np.array(max(amax[name], 1e-8) / 127.0, np.float32), scale),
-                             numpy_helper.from_array(np.array(0, np.int8), zero)]
-        new_nodes += [helper.make_node("QuantizeLinear", [name, scale, zero], [f"{name}_q"], name=f"{name}_Q"),
-                      helper.make_node("DequantizeLinear", [f"{name}_q", scale, zero], [f"{name}_dq"],
-                                       name=f"{name}_DQ")]
+        initializers += [numpy_helper.from_array(np.array(max(amax[name], 1e-8) / 127.0, np.float32), scale),
+                         numpy_helper.from_array(np.array(0, np.int8), zero)]
+        nodes += [helper.make_node("QuantizeLinear", [name, scale, zero], [f"{name}_q"], name=f"{name}_Q"),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", scale, zero], [f"{name}_dq"],
+                                   name=f"{name}_DQ")]
         dequantized[name] = f"{name}_dq"
+    return nodes, initializers, dequantized
 
+
+def _weight_qdq(graph: Any, initializers: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Per-output-channel narrow-range int8 weights behind a DequantizeLinear, which each Conv/Gemm is rewired
+    to read: the new nodes and initializers."""
+    helper, numpy_helper = require("onnx.helper"), require("onnx.numpy_helper")
+    nodes: list[Any] = []
+    new_initializers: list[Any] = []
     for node in graph.node:
         weight = _quantizable_weight(node, initializers)
         if weight is None:
@@ -82,17 +110,16 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
         new_initializers += [numpy_helper.from_array(q, f"{weight}_int8"),
                              numpy_helper.from_array(scale.astype(np.float32), f"{weight}_scale"),
                              numpy_helper.from_array(np.zeros(w.shape[0], np.int8), f"{weight}_zero_point")]
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{weight}_int8", f"{weight}_scale",
-                                                               f"{weight}_zero_point"],
-                                          [f"{weight}_dq"], name=f"{weight}_DQ", axis=0))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{weight}_int8", f"{weight}_scale",
+                                                           f"{weight}_zero_point"],
+                                      [f"{weight}_dq"], name=f"{weight}_DQ", axis=0))
         node.input[1] = f"{weight}_dq"
+    return nodes, new_initializers
 
-    for node in graph.node:
-        if node.op_type in WEIGHT_OPS + ("Add",):
-            for k, name in enumerate(node.input):
-                if name in dequantized:
-                    node.input[k] = dequantized[name]
 
+def _splice(graph: Any, initializers: dict[str, Any], new_nodes: list[Any], new_initializers: list[Any]) -> None:
+    """Put the new nodes into the graph in topological order, and the new initializers in place of the float
+    ones no node reads any more."""
     available = {i.name for i in graph.input} | set(initializers) | {t.name for t in new_initializers}
     ordered = topological_order(list(graph.node) + new_nodes, available)
     del graph.node[:]
@@ -101,11 +128,6 @@ def quantize_tensorrt(fp32_onnx: str | os.PathLike[str], out: str | os.PathLike[
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + new_initializers)
-    set_metadata(model, "nayer_edge.quantization", "int8-qdq-tensorrt-symmetric")
-    onnx.checker.check_model(model)
-    dest = Path(out)
-    atomic_write_bytes(dest, model.SerializeToString())
-    return dest
 
 
 def _activation_inputs(graph: Any, initializers: dict[str, Any]) -> list[str]:

@@ -11,11 +11,16 @@ Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..core.atomic import atomic_write_bytes, prepare_output_file
 from ..core.errors import UserError, first_line
@@ -37,7 +42,7 @@ Layout = Literal["ort", "tensorrt"]
 DEPLOYED = rf.STUDENT_INT8_ONNX
 
 
-# Keyword-only options, one per command-line option of the command it backs: the library's public API.
+# One keyword per option of `nayer-edge quantize` and of deploy's INT8 step: the count is the interface.
 @rf.reading_once
 def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layout = "ort", qat: bool = False,
              teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
@@ -57,79 +62,31 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     """
     run_dir = Path(run_dir)
     spec = read_student_spec(run_dir)
-    if out is not None:
-        prepare_output_file(Path(out))
-    if qat or not (run_dir / rf.STUDENT_ONNX).is_file():  # both rebuild the student from student.json
-        require_code_trust(run_dir, spec, trust_code)
-    if layout not in ("ort", "tensorrt"):
-        raise UserError(f"layout must be 'ort' or 'tensorrt', got {layout!r}")
-    samples_path, holdout_path = run_dir / rf.MEMORY, run_dir / rf.HOLDOUT
-    if not samples_path.is_file():
-        raise UserError(f"{run_dir}: no {rf.MEMORY} (the synthetic memory); re-run distill with this nayer-edge")
-    if calibration < 1:
-        raise UserError(f"calibration must be a positive number of samples, got {calibration}")
+    run = QuantizeInputs(run_dir=run_dir, spec=spec, layout=layout, qat=qat, calibration=calibration, method=method,
+                         batch=batch, opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_seconds=qat_seconds,
+                         show_progress=show_progress, trust_code=trust_code)
+    _check_request(run, out)
     eval_set = None
     if eval_data is not None:
         eval_set = load_eval_data(eval_data, input_shape=tuple(spec["input_shape"]), classes=spec["classes"])
-    teacher_model = None
-    if qat:
-        _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
-
-        teacher_model = (teacher if isinstance(teacher, LoadedTeacher)
-                         else load_run_teacher(run_dir, teacher, teacher_options))
+    teacher_model = _qat_teacher(run_dir, teacher, teacher_options) if qat else None
 
     # The memories are read before anything is written: a damaged one leaves the folder as it was.
-    images, _ = rf.read_memory(run_dir, rf.MEMORY).all()
-    holdout = rf.read_memory(run_dir, rf.HOLDOUT).all()[0] if holdout_path.is_file() else None
-    for path, held in ((samples_path, images), (holdout_path, holdout)):
-        if held is not None and len(held) and list(held.shape[1:]) != list(spec["input_shape"]):
-            raise UserError(f"{path}: samples of shape {list(held.shape[1:])}, but the student takes "
-                            f"{spec['input_shape']}; re-run distill")
-    if not len(images):
-        raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
-    fp32_path = run_dir / rf.STUDENT_ONNX
-    # An export of an earlier student (the run was resumed or redone since) is made again from this one.
-    made_from = check_onnx_fits(fp32_path, spec).get("nayer_edge.student_sha256") if fp32_path.is_file() else None
-    if not fp32_path.is_file() or made_from not in (None, student_sha256(run_dir)):
-        export(run_dir, fp32_path, batch=batch, opset=opset, trust_code=trust_code)  # images in [0, 1]
+    images, holdout = _read_samples(run)
+    fp32_path = _fp32_onnx(run)
     generator = torch.Generator().manual_seed(0)
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
-    check_images = holdout if holdout is not None and len(holdout) else calibration_images
-    to_int8 = _int8_writer(layout, method, calibration)
-
-    ptq_path = to_int8(fp32_path, run_dir / rf.STUDENT_INT8_PTQ_ONNX, calibration_images)
-    candidates = {"ptq": ptq_path}
-    qat_report, qat_failure = None, None
-    if qat:
-        try:
-            qat_fp32, qat_report = _qat_fp32_onnx(run_dir, spec, images, teacher_model, trust_code=trust_code,
-                                                  layout=layout, batch=batch, opset=opset, qat_epochs=qat_epochs,
-                                                  qat_lr=qat_lr, show_progress=show_progress,
-                                                  qat_seconds=qat_seconds)
-        except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
-            qat_failure = f"its FP32 export does not match the fine-tuned model: {first_line(err)}"
-        else:
-            candidates["qat"] = to_int8(qat_fp32, run_dir / rf.STUDENT_INT8_QAT_ONNX, calibration_images)
+    held_out = holdout is not None and len(holdout)
+    check_images = holdout if held_out else calibration_images
+    candidates, qat_report, qat_failure = _int8_candidates(run, fp32_path, images, calibration_images, teacher_model)
 
     # One session per model, reused for every check.
     logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
-    fp32_check = logits["fp32"](check_images)
-    teacher_check = _teacher_logits(teacher_model, check_images) if teacher_model is not None else None
-
     result: dict[str, Any] = {"fp32_onnx": str(fp32_path), "layout": layout,
                               "calibration_samples": int(len(calibration_images)),
-                              "check_samples": "held-out synthetic" if holdout is not None and len(holdout)
-                              else "calibration",
-                              "fp32_bytes": fp32_path.stat().st_size, "candidates": {}}
-    for name, path in candidates.items():
-        out_check = logits[name](check_images)
-        entry = {"onnx": str(path), "bytes": path.stat().st_size,
-                 "parity_vs_fp32": compare_logits(fp32_check, out_check).to_dict(),
-                 "fp32_kl": _kl(fp32_check, out_check)}
-        if teacher_check is not None:
-            entry["teacher_agreement"] = float((out_check.argmax(1) == teacher_check.argmax(1)).mean())
-            entry["teacher_kl"] = _kl(teacher_check, out_check)
-        result["candidates"][name] = entry
+                              "check_samples": "held-out synthetic" if held_out else "calibration",
+                              "fp32_bytes": fp32_path.stat().st_size,
+                              "candidates": _compare(candidates, logits, check_images, teacher_model)}
     if qat_report is not None:
         result["candidates"]["qat"]["training"] = qat_report
     if qat_failure is not None:
@@ -143,14 +100,119 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
                    "int8_bytes": deployed.stat().st_size,
                    "parity_vs_fp32": result["candidates"][chosen]["parity_vs_fp32"]})
     if eval_set is not None:
-        x, y = eval_set
-        accuracy = {name: float((torch.from_numpy(run(x)).argmax(1) == y).float().mean()) for name, run in
-                    logits.items()}
-        result["fp32_onnx_accuracy"] = accuracy["fp32"]
-        result["ptq_int8_accuracy"] = accuracy["ptq"]
-        result["qat_int8_accuracy"] = accuracy.get("qat")
-        result["int8_accuracy"] = accuracy[chosen]
+        result.update(_accuracy(eval_set, logits, chosen))
     return result
+
+
+@dataclass(frozen=True)
+class QuantizeInputs:
+    """What one :func:`quantize` call works from, besides the data it reads: handed down whole instead of as
+    keyword relays. ``spec`` is the run's ``student.json``; the ``qat_*`` values override ``config.json``'s."""
+
+    run_dir: Path
+    spec: dict[str, Any]
+    layout: Layout
+    qat: bool
+    calibration: int
+    method: str
+    batch: int | None
+    opset: int
+    qat_epochs: float | None
+    qat_lr: float | None
+    qat_seconds: float | None
+    show_progress: bool
+    trust_code: bool
+
+
+def _check_request(run: QuantizeInputs, out: str | Path | None) -> None:
+    """UserError for a request that cannot be met, before anything is read or written."""
+    if out is not None:
+        prepare_output_file(Path(out))
+    if run.qat or not (run.run_dir / rf.STUDENT_ONNX).is_file():  # both rebuild the student from student.json
+        require_code_trust(run.run_dir, run.spec, run.trust_code)
+    if run.layout not in ("ort", "tensorrt"):
+        raise UserError(f"layout must be 'ort' or 'tensorrt', got {run.layout!r}")
+    if not (run.run_dir / rf.MEMORY).is_file():
+        raise UserError(f"{run.run_dir}: no {rf.MEMORY} (the synthetic memory); re-run distill with this nayer-edge")
+    if run.calibration < 1:
+        raise UserError(f"calibration must be a positive number of samples, got {run.calibration}")
+
+
+def _qat_teacher(run_dir: Path, teacher: str | Path | Any | None, options: dict[str, Any] | None) -> Any:
+    """The teacher QAT blends in (a loaded one as it is), after checking the run's QAT settings."""
+    _run_config(run_dir)  # QAT's settings: a damaged config.json is found before any work
+    return teacher if isinstance(teacher, LoadedTeacher) else load_run_teacher(run_dir, teacher, options)
+
+
+def _read_samples(run: QuantizeInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The synthetic memory's images and the held-out ones (None without ``holdout.npz``), checked against the
+    student's input shape."""
+    samples_path, holdout_path = run.run_dir / rf.MEMORY, run.run_dir / rf.HOLDOUT
+    images, _ = rf.read_memory(run.run_dir, rf.MEMORY).all()
+    holdout = rf.read_memory(run.run_dir, rf.HOLDOUT).all()[0] if holdout_path.is_file() else None
+    for path, held in ((samples_path, images), (holdout_path, holdout)):
+        if held is not None and len(held) and list(held.shape[1:]) != list(run.spec["input_shape"]):
+            raise UserError(f"{path}: samples of shape {list(held.shape[1:])}, but the student takes "
+                            f"{run.spec['input_shape']}; re-run distill")
+    if not len(images):
+        raise UserError(f"{samples_path}: holds no samples to calibrate on; re-run distill")
+    return images, holdout
+
+
+def _fp32_onnx(run: QuantizeInputs) -> Path:
+    """The run's ``student.onnx``, exported first when missing or made from an earlier student."""
+    fp32_path = run.run_dir / rf.STUDENT_ONNX
+    # An export of an earlier student (the run was resumed or redone since) is made again from this one.
+    made_from = (check_onnx_fits(fp32_path, run.spec).get("nayer_edge.student_sha256") if fp32_path.is_file()
+                 else None)
+    if not fp32_path.is_file() or made_from not in (None, student_sha256(run.run_dir)):
+        export(run.run_dir, fp32_path, batch=run.batch, opset=run.opset, trust_code=run.trust_code)  # images in [0, 1]
+    return fp32_path
+
+
+def _int8_candidates(run: QuantizeInputs, fp32_path: Path, images: torch.Tensor, calibration_images: torch.Tensor,
+                     teacher_model: Any) -> tuple[dict[str, Path], dict[str, Any] | None, str | None]:
+    """The INT8 models to choose from (PTQ, and with QAT the fine-tuned one), QAT's training report and why QAT
+    failed (None when it did not)."""
+    to_int8 = _int8_writer(run.layout, run.method, run.calibration)
+    candidates = {"ptq": to_int8(fp32_path, run.run_dir / rf.STUDENT_INT8_PTQ_ONNX, calibration_images)}
+    qat_report, qat_failure = None, None
+    if run.qat:
+        try:
+            qat_fp32, qat_report = _qat_fp32_onnx(run, images, teacher_model)
+        except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
+            qat_failure = f"its FP32 export does not match the fine-tuned model: {first_line(err)}"
+        else:
+            candidates["qat"] = to_int8(qat_fp32, run.run_dir / rf.STUDENT_INT8_QAT_ONNX, calibration_images)
+    return candidates, qat_report, qat_failure
+
+
+def _compare(candidates: dict[str, Path], logits: dict[str, _Runner], check_images: torch.Tensor,
+             teacher_model: Any) -> dict[str, dict[str, Any]]:
+    """Each candidate's size and how closely it reproduces the FP32 model (and the teacher) on ``check_images``."""
+    fp32_check = logits["fp32"](check_images)
+    teacher_check = _teacher_logits(teacher_model, check_images) if teacher_model is not None else None
+    entries = {}
+    for name, path in candidates.items():
+        out_check = logits[name](check_images)
+        entry = {"onnx": str(path), "bytes": path.stat().st_size,
+                 "parity_vs_fp32": compare_logits(fp32_check, out_check).to_dict(),
+                 "fp32_kl": _kl(fp32_check, out_check)}
+        if teacher_check is not None:
+            entry["teacher_agreement"] = float((out_check.argmax(1) == teacher_check.argmax(1)).mean())
+            entry["teacher_kl"] = _kl(teacher_check, out_check)
+        entries[name] = entry
+    return entries
+
+
+def _accuracy(eval_set: tuple[torch.Tensor, torch.Tensor], logits: dict[str, _Runner], chosen: str
+              ) -> dict[str, float | None]:
+    """Top-1 on the labelled real data of the FP32 model, each INT8 candidate and the deployed one."""
+    x, y = eval_set
+    accuracy = {name: float((torch.from_numpy(run(x)).argmax(1) == y).float().mean()) for name, run in
+                logits.items()}
+    return {"fp32_onnx_accuracy": accuracy["fp32"], "ptq_int8_accuracy": accuracy["ptq"],
+            "qat_int8_accuracy": accuracy.get("qat"), "int8_accuracy": accuracy[chosen]}
 
 
 def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
@@ -239,48 +301,51 @@ def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
     return float(kd_divergence(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
 
 
-def _qat_fp32_onnx(run_dir: Path, spec: dict[str, Any], images: torch.Tensor, teacher: Any, *, trust_code: bool,
-                   layout: Layout, batch: int | None, opset: int, qat_epochs: float | None, qat_lr: float | None,
-                   show_progress: bool, qat_seconds: float | None = None) -> tuple[Path, dict[str, Any]]:
+def _qat_fp32_onnx(run: QuantizeInputs, images: torch.Tensor, teacher: Any) -> tuple[Path, dict[str, Any]]:
     """Fine-tune through fake INT8 and export the BN-folded FP32 result (checked against PyTorch)."""
+    spec = run.spec
     if list(teacher.spec.input_shape) != list(spec["input_shape"]):
         raise UserError(f"the teacher takes {list(teacher.spec.input_shape)} but the student takes "
                         f"{spec['input_shape']}; give the teacher this run was distilled from")
-    config = _run_config(run_dir)
-    student, _ = load_student(run_dir, trust_code=trust_code)
+    config = _run_config(run.run_dir)
+    student, _ = load_student(run.run_dir, trust_code=run.trust_code)
     if isinstance(student, torch.jit.ScriptModule):
-        raise UserError(f"{run_dir}: the student's architecture cannot be rebuilt here (only TorchScript); "
+        raise UserError(f"{run.run_dir}: the student's architecture cannot be rebuilt here (only TorchScript); "
                         "QAT needs it: make its factory importable, or use --no-qat")
     teacher_logits = (torch.from_numpy(_teacher_logits(teacher, images)) if config.qat_fp32_anchor < 1.0
                       else None)
-    epochs = qat_epochs if qat_epochs is not None else config.qat_epochs
-    lr = qat_lr if qat_lr is not None else config.qat_lr
+    epochs = run.qat_epochs if run.qat_epochs is not None else config.qat_epochs
+    lr = run.qat_lr if run.qat_lr is not None else config.qat_lr
 
-    progress = None
-    if show_progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("[bold]QAT ({task.fields[layout]})"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(stderr=True))
-        task = progress.add_task("qat", total=None, layout=layout)
-        progress.start()
-    try:
+    with _qat_progress(run.show_progress, run.layout) as on_step:
         model, report = finetune_qat(
-            student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=layout, epochs=epochs,
+            student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=run.layout, epochs=epochs,
             lr=lr, batch=config.qat_batch, temperature=config.temperature,
-            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=qat_seconds,
-            on_step=(lambda done, total: progress.update(task, completed=done, total=total)) if progress else None)
-    finally:
-        if progress is not None:
-            progress.stop()
+            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=run.qat_seconds, on_step=on_step)
     shape = tuple(spec["input_shape"])
-    path = export_onnx(model, run_dir / rf.STUDENT_QAT_FP32_ONNX, input_shape=shape, mean=spec["mean"],
-                       std=spec["std"], fold_normalization=True, batch=batch, opset=opset, classes=spec["classes"])
-    probe = torch.rand(batch or 64, *shape, generator=torch.Generator().manual_seed(0))
+    path = export_onnx(model, run.run_dir / rf.STUDENT_QAT_FP32_ONNX, input_shape=shape, mean=spec["mean"],
+                       std=spec["std"], fold_normalization=True, batch=run.batch, opset=run.opset,
+                       classes=spec["classes"])
+    probe = torch.rand(run.batch or 64, *shape, generator=torch.Generator().manual_seed(0))
     check_parity(path, NormalizedModel(model, spec["mean"], spec["std"]).eval(), probe)
     return path, {**report.to_dict(), "epochs": epochs, "lr": lr, "fp32_anchor": config.qat_fp32_anchor,
                   "tool": QAT_TOOL_DECISION}
+
+
+@contextmanager
+def _qat_progress(show: bool, layout: Layout) -> Iterator[Callable[[int, int], None] | None]:
+    """QAT's progress bar on stderr while the block runs (with ``show``); yields the ``on_step`` that moves it."""
+    if not show:
+        yield None
+        return
+    progress = Progress(TextColumn("[bold]QAT ({task.fields[layout]})"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True))
+    task = progress.add_task("qat", total=None, layout=layout)
+    progress.start()
+    try:
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+    finally:
+        progress.stop()
 
 
 def _run_config(run_dir: Path) -> Any:
