@@ -102,7 +102,8 @@ def measure(variant: Variant, args: argparse.Namespace, device) -> dict:
 
     from nayer_edge.core.normalize import NormalizedModel
     from nayer_edge.distill.config import load_config
-    from nayer_edge.distill.engine import Distiller, RunState
+    from nayer_edge.distill.engine import Distiller
+    from nayer_edge.distill.run_state import RunState
     from nayer_edge.synthesis.embeddings import onehot_embeddings
     from nayer_edge.zoo import create_model
 

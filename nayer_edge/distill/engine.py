@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,36 +28,7 @@ from .config import DistillConfig
 from .distributed import SINGLE, DistContext, rank_seed
 from .losses import adversarial_loss, kd_divergence
 from .performance import channels_last_input, maybe_compile, memory_device, to_channels_last, use_channels_last
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    wall_seconds: float
-    losses: dict[str, float]
-    agreement: float | None = None
-    student_accuracy: float | None = None
-    lr: float = 0.0
-    memory_size: int = 0
-    scheduled_epochs: int = 0  # the schedule's epoch count now (it follows the clock, see fit_epochs_to_clock)
-
-    def as_row(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "wall_seconds": round(self.wall_seconds, 3), **self.losses,
-                "agreement": self.agreement, "student_accuracy": self.student_accuracy, "lr": self.lr,
-                "memory_size": self.memory_size}
-
-
-@dataclass
-class RunState:
-    epoch: int = 0  # epochs completed
-    kd_step: int = 0
-    elapsed: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped_by: str | None = None
-    # Inside the current epoch: synthesis rounds and KD steps done, and their losses so far.
-    round: int = 0
-    step: int = 0
-    losses: dict[str, list[Any]] = field(default_factory=dict)
+from .run_state import EpochReport, RunState, epoch_mean, map_tensors
 
 
 class Distiller:
@@ -413,7 +382,7 @@ class Distiller:
                 cfg = self._fit_epochs(budget - state.elapsed - epoch_end, state.elapsed)
             report = EpochReport(
                 epoch=state.epoch, wall_seconds=state.elapsed,
-                losses={k: _epoch_mean(v) for k, v in losses.items()},
+                losses={k: epoch_mean(v) for k, v in losses.items()},
                 agreement=self.holdout_agreement() if self.dist.is_main else None, lr=self.learning_rate(),
                 memory_size=len(self.memory), scheduled_epochs=cfg.epochs)
             if eval_data is not None:
@@ -487,7 +456,7 @@ class Distiller:
         return state
 
     def _rank_state(self) -> dict[str, Any]:
-        to_cpu = lambda tree: _map_tensors(tree, lambda t: t.detach().cpu())  # noqa: E731
+        to_cpu = lambda tree: map_tensors(tree, lambda t: t.detach().cpu())  # noqa: E731
         generator = (to_cpu({k: v for k, v in self.generator.state_dict().items() if not k.startswith("noisy.")})
                      if self.generator is not None else None)
         return {"generator": generator, "bn_state": to_cpu(self.bn_state), "local_rng": self.local_rng.get_state(),
@@ -527,22 +496,3 @@ class Distiller:
             torch.set_rng_state(checkpoint["rng"]["torch"])
             if checkpoint["rng"].get("cuda") is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
-
-
-def _epoch_mean(values: list[float | torch.Tensor]) -> float:
-    """Mean of an epoch's per-step losses, some of them 0-dim tensors still on the device (one wait for all)."""
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if tensors:
-        read = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
-        values = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
-    return float(np.mean(values))
-
-
-def _map_tensors(tree: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {k: _map_tensors(v, fn) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_map_tensors(v, fn) for v in tree)
-    return tree
