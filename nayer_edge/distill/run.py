@@ -33,7 +33,8 @@ from ..core.interrupt import Interrupted, StopRequest, graceful_stop, names_chec
 from ..core.normalize import NormalizedModel
 from ..core.plots import save_sample_grid, save_training_curves
 from ..inputs.evaldata import load_eval_data
-from ..inputs.teacher import _error_line, load_teacher
+from ..inputs.teacher import load_teacher
+from ..inputs.teacher_formats import _error_line
 from ..synthesis.embeddings import class_separation, encode_class_names, onehot_embeddings
 from ..synthesis.memory import SampleMemory
 from ..zoo import build_student, describe_student
