@@ -12,14 +12,8 @@ import torch
 from torch import nn
 
 from nayer_edge.core.errors import UserError
-from nayer_edge.inputs.teacher import (
-    LoadedTeacher,
-    inspect_teacher,
-    load_teacher,
-    parse_classes,
-    parse_floats,
-    parse_shape,
-)
+from nayer_edge.inputs.teacher import LoadedTeacher, inspect_teacher, load_teacher
+from nayer_edge.inputs.teacher_spec import parse_classes, parse_floats, parse_shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -308,7 +302,7 @@ def test_export_archive_with_a_pickled_tensor_loads_without_trust(files, tmp_pat
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_export_guard_refuses_every_unpickler():
-    from nayer_edge.inputs.teacher import _no_code_from_pickles, _PickledCode
+    from nayer_edge.inputs.teacher_formats import _no_code_from_pickles, _PickledCode
 
     evil = pickle.dumps(Evil("/nonexistent/PWNED"))
     tensor_bytes = io.BytesIO()

@@ -52,7 +52,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 
 def teacher_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     """The teacher-loading keywords of the library from the TEACHER_OPTIONS of a command."""
-    from ..inputs.teacher import parse_classes, parse_floats, parse_shape
+    from ..inputs.teacher_spec import parse_classes, parse_floats, parse_shape
 
     return {
         "arch": options["arch"],

@@ -10,7 +10,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.normalize import NormalizedModel
-from ..inputs.teacher import _error_line
+from ..inputs.teacher_formats import _error_line
 
 
 class GuardedTeacher(NormalizedModel):

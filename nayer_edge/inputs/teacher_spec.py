@@ -1,0 +1,162 @@
+"""The user's description of a teacher: class names, per-channel numbers and input shapes as typed on the
+command line, the ``<file>.json`` metadata sidecar next to the teacher file, and mean/std spread over channels.
+
+Example::
+
+    parse_classes("cat,dog,bird")          # ["cat", "dog", "bird"]
+    parse_shape("3,32,32")                 # (3, 32, 32)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError, first_line
+from ..core.strict import closest_name
+
+__all__ = ["parse_classes", "parse_floats", "parse_shape"]
+
+DEFAULT_INPUT_SHAPE = (3, 32, 32)
+_META_KEYS = ("classes", "input_shape", "mean", "std", "arch")
+
+
+def parse_classes(value: str) -> list[str]:
+    """Class names from a file (one per line, blank lines ignored) or a comma-separated list.
+
+    Example: ``parse_classes("cat,dog,bird")`` -> ``["cat", "dog", "bird"]``.
+    """
+    text = str(value)
+    p = Path(text)
+    if text and p.is_file():
+        try:
+            names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{p}: cannot read class names ({err})") from None
+        names = [n for n in names if n]
+        where = str(p)
+    else:
+        if "," not in text and (os.sep in text or "/" in text or p.suffix.lower() in {".txt", ".names", ".csv"}):
+            raise UserError(
+                f"{text}: no such file; pass a file with one class name per line or a comma-separated list"
+            )
+        names = [n.strip() for n in text.split(",")]
+        if any(not n for n in names) and any(names):
+            raise UserError(f"empty class name in '{text}'; separate names with single commas")
+        names = [n for n in names if n]
+        where = f"'{text}'"
+    if not names:
+        raise UserError(f"no class names in {where}; give a file with one per line or a comma-separated list")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise UserError(f"duplicate class name '{n}' in {where}; class names must be unique")
+        seen.add(n)
+    return names
+
+
+def parse_floats(value: str, n: int | None = None) -> tuple[float, ...]:
+    """Comma-separated numbers, e.g. ``"0.485,0.456,0.406"``; ``n`` is the required count."""
+    parts = [s.strip() for s in str(value).split(",")]
+    try:
+        numbers = tuple(float(s) for s in parts)
+    except ValueError:
+        raise UserError(f"'{value}' is not a comma-separated list of numbers (e.g. 0.5,0.5,0.5)") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise UserError(f"'{value}' contains a non-finite number; give finite values")
+    if n is not None and len(numbers) != n:
+        raise UserError(f"'{value}' has {len(numbers)} numbers; expected {n}")
+    return numbers
+
+
+def parse_shape(value: str) -> tuple[int, int, int]:
+    """An input shape ``"C,H,W"``, e.g. ``"3,32,32"``."""
+    parts = [s.strip() for s in str(value).replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(s) for s in parts)
+    except ValueError:
+        raise UserError(f"input shape '{value}' is not C,H,W (e.g. 3,32,32)") from None
+    if len(dims) != 3 or any(d <= 0 for d in dims):
+        raise UserError(f"input shape '{value}' is not C,H,W with three positive integers (e.g. 3,32,32)")
+    return dims  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------- metadata
+
+
+def _metadata_path(path: Path) -> Path | None:
+    for cand in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if cand != path and cand.is_file():
+            return cand
+    return None
+
+
+def _read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
+    meta_path = _metadata_path(path)
+    if meta_path is None:
+        return {}, None
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{meta_path}: not valid JSON ({first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{meta_path}: expected a JSON object with keys {', '.join(_META_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _META_KEYS:
+            raise UserError(
+                f"{meta_path}: unknown key {key!r}{closest_name(key, _META_KEYS)}; "
+                f"allowed keys: {', '.join(_META_KEYS)}"
+            )
+        where = f"{meta_path}: '{key}'"
+        if key == "classes":
+            if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+                raise UserError(f"{where} must be a non-empty list of class-name strings")
+            if len(set(value)) != len(value):
+                dup = next(c for c in value if value.count(c) > 1)
+                raise UserError(f"{where} has the duplicate class name '{dup}'")
+            out[key] = list(value)
+        elif key == "input_shape":
+            if (
+                not isinstance(value, list)
+                or len(value) != 3
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+            ):
+                raise UserError(f"{where} must be [C, H, W] with three positive integers, got {value!r}")
+            out[key] = tuple(value)
+        elif key in ("mean", "std"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            ):
+                raise UserError(f"{where} must be a list of numbers, got {value!r}")
+            out[key] = tuple(float(v) for v in value)
+        elif key == "arch":
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{where} must be a model name string")
+            out[key] = value
+    return out, meta_path
+
+
+def _channels_values(name: str, values: Sequence[float], channels: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise UserError(
+            f"{name} has {len(values)} values but the teacher takes {channels} channels; "
+            f"give 1 or {channels} values"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{name} contains a non-finite value; give finite numbers")
+    if name == "std" and any(v <= 0 for v in values):
+        raise UserError("std values must be positive")
+    return values
+
