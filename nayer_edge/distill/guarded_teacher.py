@@ -10,7 +10,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.normalize import NormalizedModel
-from ..inputs.teacher_formats import _error_line
+from ..inputs.teacher_formats import error_line
 
 
 class GuardedTeacher(NormalizedModel):
@@ -42,7 +42,7 @@ def _call_teacher(model: torch.nn.Module, x: torch.Tensor, compiled: bool = Fals
         raise
     except Exception as err:  # noqa: BLE001 - only the teacher's own forward is in here
 
-        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {_error_line(_root_cause(err)).rstrip('.')}; check that it "
+        raise UserError(f"the teacher failed on a batch of {_batch(x)}: {error_line(_root_cause(err)).rstrip('.')}; check that it "
                         "accepts any batch size (or lower the recipe's batch sizes)") from None
     finally:
         fake_tensor_log.disabled = was_disabled

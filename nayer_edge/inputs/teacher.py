@@ -34,17 +34,17 @@ from torch import Tensor, nn
 from ..core.atomic import sha256_file
 from ..core.errors import UserError
 from .teacher_formats import (
-    _error_line,
-    _find_state_dict,
-    _load_export,
-    _load_torchscript,
-    _Logits,
-    _model_from_state_dict,
-    _sniff,
-    _torch_load,
-    _unwrap,
+    Logits,
+    error_line,
+    find_state_dict,
+    load_export,
+    load_torchscript,
+    model_from_state_dict,
+    sniff_format,
+    torch_load,
+    unwrap,
 )
-from .teacher_spec import DEFAULT_INPUT_SHAPE, _channels_values, _read_metadata, parse_shape
+from .teacher_spec import DEFAULT_INPUT_SHAPE, channels_values, parse_shape, read_metadata
 
 __all__ = [
     "TeacherSpec",
@@ -124,7 +124,7 @@ def _settings(
     std: Sequence[float] | None,
 ) -> _Settings:
     """Each setting from its argument, else from ``<file>.json`` / ``<stem>.json``; class names must be unique."""
-    meta, _ = _read_metadata(path)
+    meta, _ = read_metadata(path)
     given_shape: tuple[int, int, int] | None = None
     if input_shape is not None:
         given_shape = parse_shape(input_shape if isinstance(input_shape, str) else ",".join(map(str, input_shape)))
@@ -150,19 +150,19 @@ def _load_model(
 ) -> tuple[str, nn.Module, tuple[int, int, int] | None]:
     """The model in a sniffed file, its format, and the input shape the file itself gives (if any)."""
     if kind == "torchscript":
-        return "torchscript", _load_torchscript(path, device), None
+        return "torchscript", load_torchscript(path, device), None
     if kind == "export":
-        model, dims, export_notes = _load_export(path, device, trust_pickle)
+        model, dims, export_notes = load_export(path, device, trust_pickle)
         notes.extend(export_notes)
         inferred_shape: tuple[int, int, int] | None = None
         if len(dims) == 4 and all(d is not None for d in dims[1:]):
             inferred_shape = (dims[1], dims[2], dims[3])  # type: ignore[assignment]
         return "export", model, inferred_shape
-    sd, module = _find_state_dict(_torch_load(path, device, trust_pickle), path)
+    sd, module = find_state_dict(torch_load(path, device, trust_pickle), path)
     if module is not None:
         return "pickle", module, None
     assert sd is not None
-    model, in_channels = _model_from_state_dict(sd, settings.arch, path, settings.input_shape, notes)
+    model, in_channels = model_from_state_dict(sd, settings.arch, path, settings.input_shape, notes)
     return "state_dict", model.to(device), (in_channels, *DEFAULT_INPUT_SHAPE[1:])  # type: ignore[return-value]
 
 
@@ -183,8 +183,8 @@ def _input_spec(
     channels = shape[0]
     return TeacherSpec(
         input_shape=tuple(shape),  # type: ignore[arg-type]
-        mean=_channels_values("mean", settings.mean if settings.mean is not None else (0.0,), channels),
-        std=_channels_values("std", settings.std if settings.std is not None else (1.0,), channels),
+        mean=channels_values("mean", settings.mean if settings.mean is not None else (0.0,), channels),
+        std=channels_values("std", settings.std if settings.std is not None else (1.0,), channels),
         classes=None,
     )
 
@@ -205,7 +205,7 @@ def _probe(teacher: LoadedTeacher, device: str | torch.device) -> Any:
     except Exception as err:  # noqa: BLE001 - whatever the model raises, the shape is the usual cause
         c, h, w = shape
         raise UserError(
-            f"teacher rejects input shape {c},{h},{w}: {_error_line(err)}; pass --input-shape C,H,W"
+            f"teacher rejects input shape {c},{h},{w}: {error_line(err)}; pass --input-shape C,H,W"
         ) from None
 
 
@@ -224,7 +224,7 @@ def _pick_logits(teacher: LoadedTeacher, out: Any, notes: list[str]) -> Any:
         notes.append("teacher returns a dict; using its 'logits' entry")
     if key is not None:
         out = out[key]
-        teacher.model = _Logits(teacher.model, key)
+        teacher.model = Logits(teacher.model, key)
     return out
 
 
@@ -272,7 +272,7 @@ def load_teacher(
         t.num_classes, t.spec.input_shape     # (2, (3, 32, 32))
     """
     p = Path(path)
-    kind = _sniff(p)
+    kind = sniff_format(p)
     settings = _settings(p, arch, classes, input_shape, mean, std)
     notes: list[str] = []
     fmt, model, inferred_shape = _load_model(p, kind, settings, trust_pickle, device, notes)
@@ -290,7 +290,7 @@ def load_teacher(
 
 
 def _bn_layers(teacher: LoadedTeacher) -> list[dict[str, Any]]:
-    raw = _unwrap(teacher.model)
+    raw = unwrap(teacher.model)
     layers: list[dict[str, Any]] = []
     if teacher.format == "torchscript":
         for name, mod in raw.named_modules():

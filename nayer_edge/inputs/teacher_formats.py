@@ -4,7 +4,7 @@
 
 Example::
 
-    kind = _sniff(Path("teacher.pt2"))     # "torchscript" | "export" | "torch_save"
+    kind = sniff_format(Path("teacher.pt2"))     # "torchscript" | "export" | "torch_save"
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class _ExportedModule(nn.Module):
         return pytree.tree_unflatten(merged, spec)
 
 
-class _Logits(nn.Module):
+class Logits(nn.Module):
     """Picks the logits out of a model that returns a tuple, list or dict."""
 
     def __init__(self, module: nn.Module, key: int | str):
@@ -88,8 +88,8 @@ class _Logits(nn.Module):
         return self.module(x)[self.key]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (_ExportedModule, _Logits)):
+def unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (_ExportedModule, Logits)):
         model = model.module
     return model
 
@@ -98,7 +98,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------- loading
 
 
-def _error_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """One informative line of an exception message (TorchScript puts the real error last)."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     if not lines:
@@ -112,7 +112,7 @@ def _error_line(err: BaseException) -> str:
     return line[:300]
 
 
-def _sniff(path: Path) -> str:
+def sniff_format(path: Path) -> str:
     """'torchscript' | 'export' | 'torch_save' by file content; UserError for anything else."""
     if not path.exists():
         raise UserError(f"{path}: {_NOT_A_MODEL} (file not found)")
@@ -164,13 +164,13 @@ def _is_tar(path: Path) -> bool:
     return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
 
 
-def _load_torchscript(path: Path, device: str | torch.device) -> nn.Module:
+def load_torchscript(path: Path, device: str | torch.device) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "torch.jit.load is deprecated"
             return torch.jit.load(str(path), map_location=device)
     except Exception as err:  # noqa: BLE001 - any loader failure is a bad file for the user
-        raise UserError(f"{path}: cannot load TorchScript file ({_error_line(err)})") from None
+        raise UserError(f"{path}: cannot load TorchScript file ({error_line(err)})") from None
 
 
 class _PickledCode(Exception):
@@ -219,7 +219,7 @@ def _quiet_torch_export_logs():
             lg.disabled = was
 
 
-def _load_export(path: Path, device: str | torch.device, trust_pickle: bool = False
+def load_export(path: Path, device: str | torch.device, trust_pickle: bool = False
                  ) -> tuple[nn.Module, list[int | None], list[str]]:
     guard = contextlib.nullcontext() if trust_pickle else _no_code_from_pickles()
     try:
@@ -233,7 +233,7 @@ def _load_export(path: Path, device: str | torch.device, trust_pickle: bool = Fa
             "its source"
         ) from None
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{path}: cannot load torch.export program ({_error_line(err)})") from None
+        raise UserError(f"{path}: cannot load torch.export program ({error_line(err)})") from None
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
         raise UserError(
@@ -253,7 +253,7 @@ def _load_export(path: Path, device: str | torch.device, trust_pickle: bool = Fa
     return _ExportedModule(module, batch), dims, notes
 
 
-def _torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> Any:
+def torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ..."
@@ -268,7 +268,7 @@ def _torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> A
         has_code = any(s in message for s in ("Weights only load failed", "Unsupported global", "GLOBAL ")) or (
             is_pickle and "Unsupported operand" in message)
         if not has_code:
-            raise UserError(f"{path}: {_NOT_A_MODEL} ({_error_line(err)})") from None
+            raise UserError(f"{path}: {_NOT_A_MODEL} ({error_line(err)})") from None
         if not trust_pickle:
             raise UserError(
                 f"{path}: contains pickled code; re-run with --trust-pickle only if you trust its source"
@@ -276,10 +276,10 @@ def _torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> A
     try:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{path}: cannot unpickle ({_error_line(err)})") from None
+        raise UserError(f"{path}: cannot unpickle ({error_line(err)})") from None
 
 
-def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor] | None, nn.Module | None]:
+def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor] | None, nn.Module | None]:
     if isinstance(obj, nn.Module):
         return None, obj
     if not isinstance(obj, Mapping):
@@ -307,7 +307,7 @@ def _strip_prefix(sd: dict[str, Tensor], notes: list[str]) -> dict[str, Tensor]:
     return sd
 
 
-def _model_from_state_dict(
+def model_from_state_dict(
     sd: dict[str, Tensor],
     arch: str | None,
     path: Path,
@@ -337,7 +337,7 @@ def _model_from_state_dict(
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"cannot build --arch {arch} for {num_classes} classes: {_error_line(err)}") from None
+        raise UserError(f"cannot build --arch {arch} for {num_classes} classes: {error_line(err)}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -360,5 +360,5 @@ def _model_from_state_dict(
     try:
         model.load_state_dict(sd, strict=True)
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{path}: state dict does not match --arch {arch}: {_error_line(err)}") from None
+        raise UserError(f"{path}: state dict does not match --arch {arch}: {error_line(err)}") from None
     return model, in_channels

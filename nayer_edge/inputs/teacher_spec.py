@@ -95,7 +95,7 @@ def _metadata_path(path: Path) -> Path | None:
     return None
 
 
-def _read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
+def read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     meta_path = _metadata_path(path)
     if meta_path is None:
         return {}, None
@@ -145,7 +145,7 @@ def _read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     return out, meta_path
 
 
-def _channels_values(name: str, values: Sequence[float], channels: int) -> tuple[float, ...]:
+def channels_values(name: str, values: Sequence[float], channels: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) == 1:
         values = values * channels
