@@ -122,17 +122,45 @@ def _ts_module_path(value: Any, self_value: Any) -> str | None:
     return ".".join(reversed(parts))
 
 
-class _ScriptInstrument:
+class _Instrument:
+    """A compiled module whose ``forward`` is replaced, while the probe is open, by a probed copy of its graph;
+    outside a probe call it defers to the original. Subclasses build the copy and run it in ``_probed``."""
+
+    kind = ""
+
+    def __init__(self, module: nn.Module, recorder: _Recorder):
+        self.module = module
+        self.recorder = recorder
+        self.layer_names: list[str] = []
+        self._original: Callable | None = None
+
+    def _probed(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.recorder.active:
+            assert self._original is not None
+            return self._original(*args, **kwargs)
+        return self._probed(*args, **kwargs)
+
+    def install(self) -> None:
+        self._original = self.module.forward
+        self.module.forward = self.forward
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("forward") == self.forward:
+            delattr(self.module, "forward")
+        self._original = None
+
+
+class _ScriptInstrument(_Instrument):
     """Replaces a ScriptModule's forward by a compiled copy of its graph that also returns BN inputs."""
 
     kind = "torchscript"
 
     def __init__(self, module: torch.jit.ScriptModule, prefix: str, recorder: _Recorder):
-        self.module = module
-        self.recorder = recorder
-        self.layer_names: list[str] = []
+        super().__init__(module, recorder)
         self._function: Any = None
-        self._original: Callable | None = None
         if not module._c._has_method("forward"):
             return
         graph = module.forward.graph.copy()
@@ -165,24 +193,12 @@ class _ScriptInstrument:
         self._names = names
         self.layer_names = list(dict.fromkeys(names))
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.recorder.active:
-            assert self._original is not None
-            return self._original(*args, **kwargs)
+    def _probed(self, *args: Any, **kwargs: Any) -> Any:
         result = self._function(self.module._c, *args, **kwargs)
         extras = result[1:]
         for i, name in enumerate(self._names):
             self.recorder.record(name, extras[3 * i], extras[3 * i + 1], extras[3 * i + 2])
         return result[0]
-
-    def install(self) -> None:
-        self._original = self.module.forward
-        self.module.forward = self.forward
-
-    def remove(self) -> None:
-        if self.module.__dict__.get("forward") == self.forward:
-            delattr(self.module, "forward")
-        self._original = None
 
 
 # --- torch.export / fx -----------------------------------------------------------------------------------
@@ -215,17 +231,14 @@ def _fx_arg(node: torch.fx.Node, where: tuple[int, str]) -> Any:
     return node.args[index] if len(node.args) > index else node.kwargs.get(name)
 
 
-class _FxInstrument:
+class _FxInstrument(_Instrument):
     """Replaces a GraphModule's forward by a copy of its graph (sharing parameters) with recorder calls."""
 
     kind = "fx"
 
     def __init__(self, module: torch.fx.GraphModule, prefix: str, recorder: _Recorder):
-        self.module = module
-        self.recorder = recorder
-        self.layer_names: list[str] = []
+        super().__init__(module, recorder)
         self._copy: torch.fx.GraphModule | None = None
-        self._original: Callable | None = None
         targets = _fx_bn_targets()
         source = module.graph
         # graph_copy rather than deepcopy: the codegen (pytree in/out specs) is shared, read-only.
@@ -252,21 +265,9 @@ class _FxInstrument:
         self._copy = torch.fx.GraphModule(module, graph, class_name=type(module).__name__)
         self.layer_names = list(dict.fromkeys(names))
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.recorder.active:
-            assert self._original is not None
-            return self._original(*args, **kwargs)
+    def _probed(self, *args: Any, **kwargs: Any) -> Any:
         assert self._copy is not None
         return self._copy.forward(*args, **kwargs)
-
-    def install(self) -> None:
-        self._original = self.module.forward
-        self.module.forward = self.forward
-
-    def remove(self) -> None:
-        if self.module.__dict__.get("forward") == self.forward:
-            delattr(self.module, "forward")
-        self._original = None
 
 
 # --- the probe -------------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ class BNProbe:
     def __init__(self, model: nn.Module):
         self.model = model
         self._recorder = _Recorder()
-        self._instruments: list[_ScriptInstrument | _FxInstrument] = []
+        self._instruments: list[_Instrument] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         names: list[str] = []
         opaque: list[str] = []  # prefixes of compiled modules: their submodules are not hooked

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from .plain import PooledCNN, conv_bn_relu
 from .registry import register_model
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PooledCNN):
     """Three conv3x3-BN-ReLU layers (strides 1, 2, 2), global average pool, linear head."""
 
     def __init__(self, widths: tuple[int, int, int], num_classes: int, in_channels: int):
-        super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for width, stride in zip(widths, (1, 2, 2)):
-            layers += [
-                nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += conv_bn_relu(channels, width, stride)
             channels = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        super().__init__(layers, channels, num_classes)
 
 
 @register_model

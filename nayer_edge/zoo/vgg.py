@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from .plain import PooledCNN, conv_bn_relu
 from .registry import register_model
 
 _VGG11_STAGES: list[list[int]] = [[64], [128], [256, 256], [512, 512], [512, 512]]
 
 
-class CifarVGG(nn.Module):
+class CifarVGG(PooledCNN):
     """Conv3x3-BN-ReLU stages separated by 2x2 max-pools, then adaptive average pool and a linear head."""
 
     def __init__(self, stages: list[list[int]], num_classes: int, in_channels: int):
-        super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for index, stage in enumerate(stages):
@@ -22,14 +21,9 @@ class CifarVGG(nn.Module):
                 # ceil_mode keeps a 1x1 map at 1x1, so 8x8 inputs survive all four pools.
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             for width in stage:
-                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += conv_bn_relu(channels, width)
                 channels = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        super().__init__(layers, channels, num_classes)
 
 
 @register_model
