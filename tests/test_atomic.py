@@ -96,14 +96,14 @@ def test_onnx_export(tmp_path, durability_log):
 
 
 def test_bundle_folder_swap(tmp_path, durability_log):
-    from nayer_edge.deploy.bundle import _replace_dir
+    from nayer_edge.deploy.bundle_publish import replace_dir
 
     out = tmp_path / "bundle"
     for generation in ("old", "new"):
         stage = tmp_path / f".bundle.{generation}.tmp"
         stage.mkdir()
         (stage / "manifest.json").write_text(generation)
-        _replace_dir(stage, out)
+        replace_dir(stage, out)
         assert (out / "manifest.json").read_text() == generation
         assert ("fsync-dir", str(tmp_path.resolve())) in durability_log[-2:], durability_log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -245,7 +245,7 @@ def make_bad_bundles(d: Path, onnx: Path, classes: list[str]) -> None:
     """A good Jetson bundle, then copies with a file missing, a file changed, an engine stamped for another
     GPU and TensorRT, and an engine without a stamp (an engine must be one this machine can run)."""
 
-    from nayer_edge.deploy.bundle import make_bundle
+    from nayer_edge.deploy.bundle_build import make_bundle
 
     good = d / "bundle_good"
     make_bundle(onnx, good, target="jetson-orin-nx", precision="fp32", classes=classes, input_shape=(1, 16, 16),

@@ -1,4 +1,4 @@
-"""The deploy bundle (nayer_edge.deploy.bundle) and TensorRT's Q/DQ rules (nayer_edge.quantize.trt_rules), on real small ONNX
+"""The deploy bundle (nayer_edge.deploy.bundle_build, bundle_verify) and TensorRT's Q/DQ rules (nayer_edge.quantize.trt_rules), on real small ONNX
 models: a cnn_tiny exported with normalisation folded, its TensorRT-style INT8 graph and onnxruntime's U8S8."""
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from nayer_edge.core.errors import UserError
-from nayer_edge.deploy.bundle import (
-    DEVICE_SCRIPTS,
-    BundleIntegrityError,
-    deepstream_config,
-    default_parity,
-    device_scripts_dir,
-    make_bundle,
-    verify_bundle,
-)
+from nayer_edge.deploy.bundle_build import make_bundle
+from nayer_edge.deploy.bundle_docs import deepstream_config
+from nayer_edge.deploy.bundle_inputs import default_parity
+from nayer_edge.deploy.bundle_verify import BundleIntegrityError, verify_bundle
+from nayer_edge.deploy.device_scripts import DEVICE_SCRIPTS, device_scripts_dir
 from nayer_edge.deploy.targets import load_target
 from nayer_edge.quantize.trt_rules import tensorrt_qdq_violations
 
@@ -447,7 +443,7 @@ def test_the_device_scripts_change_only_with_the_version():
     import hashlib
 
     import nayer_edge
-    from nayer_edge.deploy.bundle import DEVICE_SCRIPTS, device_scripts_dir
+    from nayer_edge.deploy.device_scripts import DEVICE_SCRIPTS, device_scripts_dir
 
     digest = hashlib.sha256()
     for name in sorted(DEVICE_SCRIPTS):

@@ -45,7 +45,7 @@ def bundle(tmp_path_factory) -> Path:
     """An FP32 bundle of a cnn_tiny taking images in [0, 1], with a labelled subset."""
     import torch
 
-    from nayer_edge.deploy.bundle import make_bundle
+    from nayer_edge.deploy.bundle_build import make_bundle
     from nayer_edge.deploy.targets import load_target
     from nayer_edge.onnx_model.exporter import export_onnx
     from nayer_edge.zoo import create_model

@@ -291,7 +291,7 @@ def test_target_yaml(workdir, doc):
 def bundle(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from nayer_edge.deploy.bundle import make_bundle
+    from nayer_edge.deploy.bundle_build import make_bundle
     from nayer_edge.deploy.targets import load_target
     from nayer_edge.onnx_model.exporter import export_onnx
     from nayer_edge.zoo import create_model
@@ -312,9 +312,9 @@ def bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle_io():
-    from nayer_edge.deploy.bundle import _device_module
+    from nayer_edge.deploy.device_scripts import device_module
 
-    return _device_module("bundle_io")
+    return device_module("bundle_io")
 
 
 def copy_bundle(bundle: Path) -> Path:
@@ -360,7 +360,7 @@ def test_bundle_manifest_fields(bundle, bundle_io, path, value, reseal):
        | st.binary(max_size=300))
 def test_verify_bundle_random_manifest(bundle, content):
     """A random manifest.json through the library's verify_bundle: a UserError (BundleIntegrityError is one)."""
-    from nayer_edge.deploy.bundle import verify_bundle
+    from nayer_edge.deploy.bundle_verify import verify_bundle
 
     folder = copy_bundle(bundle)
     try:
@@ -375,7 +375,7 @@ def test_verify_bundle_random_manifest(bundle, content):
 @given(data=st.data())
 def test_verify_bundle_changed_file(bundle, data):
     """Any listed file truncated, extended or with flipped bytes: refused naming that file."""
-    from nayer_edge.deploy.bundle import BundleIntegrityError, verify_bundle
+    from nayer_edge.deploy.bundle_verify import BundleIntegrityError, verify_bundle
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     name = data.draw(st.sampled_from(sorted(manifest["files"])))

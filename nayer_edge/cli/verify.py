@@ -16,7 +16,7 @@ from .options import JsonOpt
 def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[Path],
                    max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool,
                    teacher: Optional[Path], min_teacher_retention: Optional[float]) -> None:
-    from ..deploy.bundle import verify_bundle
+    from ..deploy.bundle_verify import verify_bundle
 
     if reference is not None or max_accuracy_drop is not None or teacher is not None:
         raise UserError("a bundle carries its own reference outputs, accuracy budget and teacher's top-1: drop "

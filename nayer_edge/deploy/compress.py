@@ -23,7 +23,8 @@ from ..inputs.evaldata import load_eval_data
 from ..onnx_model.fp16 import to_fp16
 from ..onnx_model.student import export
 from ..quantize.run import load_run_teacher, quantize
-from .bundle import make_bundle, verify_bundle
+from .bundle_build import make_bundle
+from .bundle_verify import verify_bundle
 from .gates import onnx_predictions, release_summary, teacher_gates, teacher_predictions
 from .report import render_report
 from .targets import load_target
@@ -64,9 +65,9 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
     # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
     with names_checkpoint(Path(out_dir) / CHECKPOINT):
         # The student factory in student.json is the one named in this call's config: trusted.
-        return _deploy(Path(out_dir), plan, metrics, teacher=teacher, teacher_options=teacher_options,
-                       eval_data=eval_data, show_progress=show_progress, trust_code=True,
-                       qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
+        run = DeployInputs(Path(out_dir), teacher, teacher_options, eval_data, show_progress, trust_code=True,
+                           qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
+        return _deploy(run, plan, metrics)
 
 
 # Keyword-only options, one per command-line option of the command it backs: the library's public API.
@@ -96,8 +97,8 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
         raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
     if eval_data is not None:
         metrics["teacher_accuracy"] = None  # measured again on this call's eval data, which may not be the run's
-    return _deploy(run_dir, plan, metrics, teacher=teacher, teacher_options=teacher_options, eval_data=eval_data,
-                   show_progress=show_progress, trust_code=trust_code)
+    return _deploy(DeployInputs(run_dir, teacher, teacher_options, eval_data, show_progress, trust_code), plan,
+                   metrics)
 
 
 # What the deployment stages cost on a CPU of the development machine (BENCHMARKS.md, the planner section):
@@ -163,59 +164,118 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
     return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None)
 
 
-def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, teacher: str | Path | None,
-            teacher_options: dict[str, Any], eval_data: str | Path | None, show_progress: bool,
-            trust_code: bool, qat_seconds: float | None = None) -> dict[str, Any]:
-    remove_temporaries(out_dir)  # staging left by a deployment killed mid-write
-    spec, precision, qat, on_device = plan.target, plan.precision, plan.qat, plan.on_device
-    # Everything the later stages read is checked before the first file is written.
-    _check_memories(out_dir, needs_samples=precision == "int8")
-    teacher_model = None
-    measure_teacher = eval_data is not None and metrics.get("teacher_accuracy") is None
-    proxy = plan.min_teacher_agreement is not None
-    if (precision == "int8" and qat) or measure_teacher or proxy:
-        teacher_model = load_run_teacher(out_dir, teacher, teacher_options)
-    if measure_teacher:
-        metrics["teacher_accuracy"] = _teacher_top1(out_dir, teacher_model, eval_data)
-    max_accuracy_drop, max_latency_ms = plan.max_accuracy_drop, plan.max_latency_ms
-    batch = None if spec.dynamic_batch else spec.batch
-    exported = export(out_dir, out_dir / rf.STUDENT_ONNX, batch=batch, opset=spec.opset, trust_code=trust_code)
-    # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
-    gates = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": None if on_device else max_latency_ms}
-    int8: dict[str, Any] | None = None
-    if precision == "int8":
-        int8 = quantize(out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
-                        teacher=teacher_model if qat else None, teacher_options=teacher_options, eval_data=eval_data, batch=batch,
-                        opset=spec.opset, show_progress=show_progress, trust_code=trust_code,
-                        qat_seconds=qat_seconds)
-        deployed = int8["int8_onnx"]
-    elif precision == "fp16":
-        deployed = str(to_fp16(exported["onnx"], out_dir / rf.STUDENT_FP16_ONNX))
-    else:
-        deployed = exported["onnx"]
-    if precision == "fp32":
-        results = {"fp32": verify(deployed, eval_data=eval_data, reference=out_dir, batch=spec.batch, **gates)}
-    else:
-        results = {"fp32": verify(exported["onnx"], eval_data=eval_data, batch=spec.batch),
-                   precision: verify(deployed, eval_data=eval_data, reference=exported["onnx"], batch=spec.batch,
-                                     **gates)}
-    final = results[precision]
+@dataclass(frozen=True)
+class DeployInputs:
+    """What the stages after distillation work from besides the plan: the run folder, the teacher (a path, or None
+    for the run's) with its loading options, the eval data, and how to run (progress, trusting the run's student
+    factory, QAT's share of the budget); handed down whole instead of as keyword relays."""
 
-    agreement = _synthetic_agreement(out_dir, deployed, teacher_model) if proxy else None
-    against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy, deployed_agreement=agreement,
-                                    min_retention=plan.min_teacher_retention, min_agreement=plan.min_teacher_agreement)
+    out_dir: Path
+    teacher: str | Path | None
+    teacher_options: dict[str, Any]
+    eval_data: str | Path | None
+    show_progress: bool
+    trust_code: bool
+    qat_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The ONNX models a deployment built: the FP32 export (``export``'s result), the INT8 result of ``quantize``
+    (None unless INT8) and the path of the model that is deployed."""
+
+    exported: dict[str, Any]
+    int8: dict[str, Any] | None
+    deployed: str
+
+
+def _deploy(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any]) -> dict[str, Any]:
+    remove_temporaries(run.out_dir)  # staging left by a deployment killed mid-write
+    # Everything the later stages read is checked before the first file is written.
+    _check_memories(run.out_dir, needs_samples=plan.precision == "int8")
+    teacher_model = _teacher_for(run, plan, metrics)
+    models = _build_models(run, plan, teacher_model)
+    results = _verify_models(run, plan, models)
+    final = results[plan.precision]
+    proxy = plan.min_teacher_agreement is not None
+    agreement = _synthetic_agreement(run.out_dir, models.deployed, teacher_model) if proxy else None
+    against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy,
+                                    deployed_agreement=agreement, min_retention=plan.min_teacher_retention,
+                                    min_agreement=plan.min_teacher_agreement)
     release = release_summary(metrics, against_teacher, min_retention=plan.min_teacher_retention,
                               min_agreement=plan.min_teacher_agreement)
-    bundle = _bundle(out_dir, deployed, spec, precision, teacher, eval_data, results["fp32"].accuracy,
-                     max_accuracy_drop, max_latency_ms, release) if on_device else None
+    bundle = _bundle(run, plan, models.deployed, results["fp32"].accuracy, release) if plan.on_device else None
     final_gates = against_teacher + list(final.gates)
     if bundle is not None:
         failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
         final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
+    metrics.update(_deployment_metrics(plan, models, results, final_gates, release, agreement, bundle))
+    _record_artifacts(metrics["artifacts"], run.out_dir, plan.precision, models, bundle)
+    atomic_write_text(run.out_dir / rf.METRICS, json.dumps(metrics, indent=2))
+    atomic_write_text(run.out_dir / rf.REPORT, render_report(metrics, plan.target.name))
+    return metrics
+
+
+def _teacher_for(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any]) -> Any:
+    """The teacher, loaded when a later stage needs it (QAT, its top-1 on this call's eval data, the agreement
+    proxy), else None; its top-1 goes into ``metrics`` when measured here."""
+    teacher_model = None
+    measure_teacher = run.eval_data is not None and metrics.get("teacher_accuracy") is None
+    proxy = plan.min_teacher_agreement is not None
+    if (plan.precision == "int8" and plan.qat) or measure_teacher or proxy:
+        teacher_model = load_run_teacher(run.out_dir, run.teacher, run.teacher_options)
+    if measure_teacher:
+        metrics["teacher_accuracy"] = _teacher_top1(run.out_dir, teacher_model, run.eval_data)
+    return teacher_model
+
+
+def _build_models(run: DeployInputs, plan: DeploymentPlan, teacher_model: Any) -> _Models:
+    """The FP32 ONNX export, then the model at the plan's precision (INT8 by ``quantize``, FP16 converted)."""
+    spec, precision, qat = plan.target, plan.precision, plan.qat
+    batch = None if spec.dynamic_batch else spec.batch
+    exported = export(run.out_dir, run.out_dir / rf.STUDENT_ONNX, batch=batch, opset=spec.opset,
+                      trust_code=run.trust_code)
+    int8: dict[str, Any] | None = None
+    if precision == "int8":
+        int8 = quantize(run.out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
+                        teacher=teacher_model if qat else None, teacher_options=run.teacher_options,
+                        eval_data=run.eval_data, batch=batch, opset=spec.opset, show_progress=run.show_progress,
+                        trust_code=run.trust_code, qat_seconds=run.qat_seconds)
+        deployed = int8["int8_onnx"]
+    elif precision == "fp16":
+        deployed = str(to_fp16(exported["onnx"], run.out_dir / rf.STUDENT_FP16_ONNX))
+    else:
+        deployed = exported["onnx"]
+    return _Models(exported, int8, deployed)
+
+
+def _verify_models(run: DeployInputs, plan: DeploymentPlan, models: _Models) -> dict[str, Any]:
+    """``verify`` of the FP32 export and of the deployed model (the same one for FP32), by precision; the gates
+    are the deployed model's."""
+    # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
+    gates = {"max_accuracy_drop": plan.max_accuracy_drop,
+             "max_latency_ms": None if plan.on_device else plan.max_latency_ms}
+    batch, eval_data = plan.target.batch, run.eval_data
+    if plan.precision == "fp32":
+        return {"fp32": verify(models.deployed, eval_data=eval_data, reference=run.out_dir, batch=batch, **gates)}
+    return {"fp32": verify(models.exported["onnx"], eval_data=eval_data, batch=batch),
+            plan.precision: verify(models.deployed, eval_data=eval_data, reference=models.exported["onnx"],
+                                   batch=batch, **gates)}
+
+
+def _built_candidates(int8: dict[str, Any] | None) -> dict[str, Any]:
+    """The INT8 candidates that have a model (a failed QAT has none)."""
     candidates = int8["candidates"] if int8 else {}
-    built = {name: c for name, c in candidates.items() if "onnx" in c}  # a failed QAT has no model
-    metrics.update({
-        "target": spec.name, "precision": precision, "qat": "qat" in built,
+    return {name: c for name, c in candidates.items() if "onnx" in c}
+
+
+def _deployment_metrics(plan: DeploymentPlan, models: _Models, results: dict[str, Any], final_gates: list[Gate],
+                        release: dict[str, Any], agreement: float | None,
+                        bundle: dict[str, Any] | None) -> dict[str, Any]:
+    """What the deployment adds to the run's metrics."""
+    spec, precision, exported, int8 = plan.target, plan.precision, models.exported, models.int8
+    return {
+        "target": spec.name, "precision": precision, "qat": "qat" in _built_candidates(int8),
         "fp32_onnx_accuracy": results["fp32"].accuracy,
         "fp16_accuracy": results["fp16"].accuracy if "fp16" in results else None,
         "int8_accuracy": results["int8"].accuracy if int8 else None,
@@ -223,14 +283,14 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         "qat_int8_accuracy": int8.get("qat_int8_accuracy") if int8 else None,
         "int8_method": int8["method"] if int8 else None,
         "int8_selected_by": int8["selected_by"] if int8 else None,
-        "int8_candidates": candidates,
+        "int8_candidates": int8["candidates"] if int8 else {},
         "onnx_max_abs_error": exported["parity"]["max_abs_error"],
         "latency": {name: {"p50_ms": r.latency.p50_ms, "p90_ms": r.latency.p90_ms, "p95_ms": r.latency.p95_ms,
                            "p99_ms": r.latency.p99_ms, "mean_ms": r.latency.mean_ms, "cv": r.latency.cv,
                            "throughput": r.latency.throughput, "batch": r.latency.batch}
                     for name, r in results.items()},
         "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {}),
-                        **({"fp16": Path(deployed).stat().st_size} if precision == "fp16" else {})},
+                        **({"fp16": Path(models.deployed).stat().st_size} if precision == "fp16" else {})},
         "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed, "rule": g.rule}
                   for g in final_gates],
         "passed": all(g.passed for g in final_gates),
@@ -240,21 +300,24 @@ def _deploy(out_dir: Path, plan: DeploymentPlan, metrics: dict[str, Any], *, tea
         "bundle": None if bundle is None else {"dir": bundle["bundle_dir"], "archive": bundle["archive"],
                                                "host_check": {k: bundle["check"].get(k) for k in
                                                               ("passed", "backend", "parity", "accuracy", "gates")}},
-        "deployed_model": str(deployed),
-    })
-    metrics["artifacts"].update({rf.STUDENT_ONNX: exported["onnx"], rf.REPORT: str(out_dir / rf.REPORT)})
+        "deployed_model": str(models.deployed),
+    }
+
+
+def _record_artifacts(artifacts: dict[str, Any], out_dir: Path, precision: str, models: _Models,
+                      bundle: dict[str, Any] | None) -> None:
+    """The deployment's files into the metrics' ``artifacts``."""
+    artifacts.update({rf.STUDENT_ONNX: models.exported["onnx"], rf.REPORT: str(out_dir / rf.REPORT)})
     if bundle is not None:
-        metrics["artifacts"].update({"bundle": bundle["bundle_dir"], "bundle.tar.gz": bundle["archive"]})
+        artifacts.update({"bundle": bundle["bundle_dir"], "bundle.tar.gz": bundle["archive"]})
     if precision == "fp16":
-        metrics["artifacts"][rf.STUDENT_FP16_ONNX] = deployed
-    if int8:
-        metrics["artifacts"][rf.STUDENT_INT8_ONNX] = deployed
-        metrics["artifacts"].update({Path(c["onnx"]).name: c["onnx"] for c in built.values()})
+        artifacts[rf.STUDENT_FP16_ONNX] = models.deployed
+    if models.int8:
+        artifacts[rf.STUDENT_INT8_ONNX] = models.deployed
+        built = _built_candidates(models.int8)
+        artifacts.update({Path(c["onnx"]).name: c["onnx"] for c in built.values()})
         if "qat" in built:
-            metrics["artifacts"][rf.STUDENT_QAT_FP32_ONNX] = str(out_dir / rf.STUDENT_QAT_FP32_ONNX)
-    atomic_write_text(out_dir / rf.METRICS, json.dumps(metrics, indent=2))
-    atomic_write_text(out_dir / rf.REPORT, render_report(metrics, spec.name))
-    return metrics
+            artifacts[rf.STUDENT_QAT_FP32_ONNX] = str(out_dir / rf.STUDENT_QAT_FP32_ONNX)
 
 
 def _check_memories(out_dir: Path, *, needs_samples: bool) -> None:
@@ -282,16 +345,17 @@ def _synthetic_agreement(out_dir: Path, deployed: str, teacher: Any) -> float | 
     return float((onnx_predictions(deployed, images.numpy()) == teacher_predictions(teacher, images)).mean())
 
 
-def _bundle(out_dir: Path, deployed: str, spec: Any, precision: str, teacher: str | Path | None, eval_data: Any,
-            fp32_accuracy: float | None, max_accuracy_drop: float | None, max_latency_ms: float | None,
-            release: dict[str, Any] | None = None) -> dict[str, Any]:
+def _bundle(run: DeployInputs, plan: DeploymentPlan, deployed: str, fp32_accuracy: float | None,
+            release: dict[str, Any] | None) -> dict[str, Any]:
     """The deploy bundle for a TensorRT target, and its check run here through onnxruntime."""
+    out_dir = run.out_dir
     student = read_student_spec(out_dir)
     images = rf.read_held_out_samples(out_dir).all()[0]
-    made = make_bundle(deployed, out_dir / "bundle", target=spec, classes=student["classes"],
+    made = make_bundle(deployed, out_dir / "bundle", target=plan.target, classes=student["classes"],
                        input_shape=student["input_shape"], mean=student["mean"], std=student["std"],
-                       input_convention="images01", reference_images=images[:64].float(), precision=precision,
-                       eval_data=eval_data, teacher_path=teacher, run_dir=out_dir, expected_accuracy=fp32_accuracy,
-                       max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, release=release)
+                       input_convention="images01", reference_images=images[:64].float(), precision=plan.precision,
+                       eval_data=run.eval_data, teacher_path=run.teacher, run_dir=out_dir,
+                       expected_accuracy=fp32_accuracy, max_accuracy_drop=plan.max_accuracy_drop,
+                       max_latency_ms=plan.max_latency_ms, release=release)
     made["check"] = verify_bundle(made["bundle_dir"], measure_latency=False)
     return made

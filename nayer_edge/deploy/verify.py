@@ -94,7 +94,6 @@ class _Predictor:
         return self.run(x)
 
 # Keyword-only options, one per command-line option of the command it backs: the library's public API.
-
 def verify(
     model_path: str | os.PathLike[str],
     *,
@@ -129,6 +128,35 @@ def verify(
         result = verify("student.onnx", eval_data="test.npz", reference="runs/digits", max_latency_ms=2)
         json.dumps(result.to_dict())
     """
+    _check_options(batch, eval_data, reference, max_accuracy_drop, teacher, min_teacher_retention)
+    notes: list[str] = []
+    path = Path(model_path)
+    session, model, shape, classes = _open_model(path, classes, providers, threads, notes)
+    ref = _open_reference(reference, path, model, providers, threads, notes)
+    x, y = _eval_images(eval_data, path, model, classes)
+    logits = model.logits(x)
+    accuracy = float((logits.argmax(1) == y).mean()) if y is not None else None
+    teacher_accuracy = _teacher_accuracy(teacher, x, y, model, providers, threads, notes)
+    parity, reference_accuracy, accuracy_drop = _against_reference(ref, x, y, logits, accuracy)
+    latency = _latency(session, batch, shape, path, latency_seconds, warmup_seconds, notes)
+    gates = _gates(accuracy, teacher_accuracy, accuracy_drop, latency, max_accuracy_drop, min_teacher_retention,
+                   max_latency_ms)
+    return VerifyResult(
+        accuracy=accuracy, reference_accuracy=reference_accuracy, accuracy_drop=accuracy_drop,
+        teacher_accuracy=teacher_accuracy, parity=parity, latency=latency, gates=gates,
+        passed=all(g.passed for g in gates), model=str(path),
+        reference=str(reference) if reference is not None else None,
+        input=NORMALISED if model.mean is not None else IMAGES01, input_shape=list(shape),
+        samples=len(y) if y is not None else 0, notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------- steps
+
+
+def _check_options(batch: int, eval_data: Any, reference: Any, max_accuracy_drop: float | None, teacher: Any,
+                   min_teacher_retention: float | None) -> None:
+    """The option combinations ``verify`` refuses before opening any model."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UserError(f"batch must be a positive integer, got {batch!r}")
     if max_accuracy_drop is not None and (eval_data is None or reference is None):
@@ -138,62 +166,93 @@ def verify(
             raise UserError("--min-teacher-retention needs both --eval-data and --teacher (the teacher model file)")
         if not 0.0 <= min_teacher_retention <= 1.0:
             raise UserError(f"--min-teacher-retention is a fraction in [0, 1], got {min_teacher_retention:g}")
-    notes: list[str] = []
-    path = Path(model_path)
+
+
+def _open_model(path: Path, classes: Sequence[str] | None, providers: Sequence[str] | None, threads: int | None,
+                notes: list[str]) -> tuple[Any, _Predictor, tuple[int, int, int], list[str] | None]:
+    """The model's session and predictor, its input shape, and the class names (given, else its metadata's)."""
     session = onnx_session(path, providers=providers, threads=threads)
     model = _onnx_predictor(session, path, notes)
     if model.input_shape is None:
         raise UserError(f"{path}: input shape {list(session.get_inputs()[0].shape)} is not fixed and the file has no "
                         "nayer_edge.input_shape metadata; export it with nayer-edge")
-    shape = model.input_shape
     meta_classes = _onnx_metadata(session).get("classes")
-    classes = list(classes) if classes is not None else (list(meta_classes) if meta_classes else None)
-    if classes is not None and model.num_classes is not None and len(classes) != model.num_classes:
-        raise UserError(f"{len(classes)} class names given but {path} outputs {model.num_classes} logits")
+    names = list(classes) if classes is not None else (list(meta_classes) if meta_classes else None)
+    if names is not None and model.num_classes is not None and len(names) != model.num_classes:
+        raise UserError(f"{len(names)} class names given but {path} outputs {model.num_classes} logits")
+    return session, model, model.input_shape, names
 
-    ref = _reference_predictor(Path(reference), model, providers, threads, notes) if reference is not None else None
-    if ref is not None and ref.input_shape is not None and ref.input_shape != shape:
+
+def _open_reference(reference: str | os.PathLike[str] | None, path: Path, model: _Predictor,
+                    providers: Sequence[str] | None, threads: int | None, notes: list[str]) -> _Predictor | None:
+    """The reference's predictor (None without one); it must take the model's input shape."""
+    if reference is None:
+        return None
+    ref = _reference_predictor(Path(reference), model, providers, threads, notes)
+    shape = model.input_shape
+    if ref.input_shape is not None and ref.input_shape != shape:
         raise UserError(f"reference {reference} takes input {list(ref.input_shape)} but {path} takes {list(shape)}; "
                         "compare models of the same input shape")
+    return ref
 
-    accuracy = reference_accuracy = accuracy_drop = None
-    samples = 0
-    if eval_data is not None:
-        x_t, y_t = load_eval_data(eval_data, input_shape=shape, classes=classes)
-        x, y = x_t.numpy(), y_t.numpy()
-        samples = len(y)
-        if classes is None and model.num_classes is not None and int(y.max()) >= model.num_classes:
-            raise UserError(f"{eval_data}: labels go up to {int(y.max())} but {path} has {model.num_classes} classes; "
-                            "use labels in [0, num_classes)")
-        logits = model.logits(x)
-        accuracy = float((logits.argmax(1) == y).mean())
-    else:
-        x = np.random.default_rng(0).random((PARITY_SAMPLES, *shape), dtype=np.float32)
-        y = None
-        logits = model.logits(x)
 
-    teacher_accuracy = None
-    if teacher is not None and y is not None:
-        teacher_model = _reference_predictor(Path(teacher), model, providers, threads, notes)
-        teacher_accuracy = float((teacher_model.logits(x).argmax(1) == y).mean())
-        notes.append(f"teacher {Path(teacher).name}: top-1 {teacher_accuracy:.2%} on the same eval data")
+def _eval_images(eval_data: str | os.PathLike[str] | None, path: Path, model: _Predictor,
+                 classes: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images every model is run on, in [0, 1], with their labels: the eval data's, else PARITY_SAMPLES
+    random ones (no labels)."""
+    shape = model.input_shape
+    if eval_data is None:
+        return np.random.default_rng(0).random((PARITY_SAMPLES, *shape), dtype=np.float32), None
+    x_t, y_t = load_eval_data(eval_data, input_shape=shape, classes=classes)
+    x, y = x_t.numpy(), y_t.numpy()
+    if classes is None and model.num_classes is not None and int(y.max()) >= model.num_classes:
+        raise UserError(f"{eval_data}: labels go up to {int(y.max())} but {path} has {model.num_classes} classes; "
+                        "use labels in [0, num_classes)")
+    return x, y
 
-    parity = None
-    if ref is not None:
-        ref_logits = ref.logits(x)
-        parity = compare_logits(ref_logits, logits)
-        if y is not None:
-            reference_accuracy = float((ref_logits.argmax(1) == y).mean())
-            accuracy_drop = (reference_accuracy - accuracy) * 100.0
 
+def _teacher_accuracy(teacher: str | os.PathLike[str] | None, x: np.ndarray, y: np.ndarray | None,
+                      model: _Predictor, providers: Sequence[str] | None, threads: int | None,
+                      notes: list[str]) -> float | None:
+    """The teacher's top-1 on the eval data (None without a teacher or labels)."""
+    if teacher is None or y is None:
+        return None
+    teacher_model = _reference_predictor(Path(teacher), model, providers, threads, notes)
+    teacher_accuracy = float((teacher_model.logits(x).argmax(1) == y).mean())
+    notes.append(f"teacher {Path(teacher).name}: top-1 {teacher_accuracy:.2%} on the same eval data")
+    return teacher_accuracy
+
+
+def _against_reference(ref: _Predictor | None, x: np.ndarray, y: np.ndarray | None, logits: np.ndarray,
+                       accuracy: float | None) -> tuple[ParityReport | None, float | None, float | None]:
+    """Parity of the model's logits with the reference's, the reference's top-1 and the drop to the model's in
+    points (each None when there is no reference or no labels)."""
+    if ref is None:
+        return None, None, None
+    ref_logits = ref.logits(x)
+    parity = compare_logits(ref_logits, logits)
+    if y is None:
+        return parity, None, None
+    reference_accuracy = float((ref_logits.argmax(1) == y).mean())
+    return parity, reference_accuracy, (reference_accuracy - accuracy) * 100.0
+
+
+def _latency(session: Any, batch: int, shape: tuple[int, int, int], path: Path, latency_seconds: float,
+             warmup_seconds: float, notes: list[str]) -> LatencyStats:
+    """Latency at ``batch``, or at the model's own batch when that is fixed."""
     fixed = session.get_inputs()[0].shape[0]
     latency_batch = batch
     if isinstance(fixed, int) and fixed > 0 and fixed != batch:
         notes.append(f"the model has a fixed batch size {fixed}; latency measured at batch {fixed}, not {batch}")
         latency_batch = fixed
-    latency = session_latency(session, latency_batch, shape, where=str(path),
-                              min_seconds=latency_seconds, warmup_seconds=warmup_seconds)
+    return session_latency(session, latency_batch, shape, where=str(path),
+                           min_seconds=latency_seconds, warmup_seconds=warmup_seconds)
 
+
+def _gates(accuracy: float | None, teacher_accuracy: float | None, accuracy_drop: float | None,
+           latency: LatencyStats, max_accuracy_drop: float | None, min_teacher_retention: float | None,
+           max_latency_ms: float | None) -> list[Gate]:
+    """A gate for each limit given."""
     gates: list[Gate] = []
     if max_accuracy_drop is not None:
         assert accuracy_drop is not None
@@ -206,23 +265,7 @@ def verify(
                           retention >= min_teacher_retention, rule=">="))
     if max_latency_ms is not None:
         gates.append(Gate("latency_p50_ms", float(max_latency_ms), latency.p50_ms, latency.p50_ms <= max_latency_ms))
-
-    return VerifyResult(
-        accuracy=accuracy,
-        reference_accuracy=reference_accuracy,
-        accuracy_drop=accuracy_drop,
-        teacher_accuracy=teacher_accuracy,
-        parity=parity,
-        latency=latency,
-        gates=gates,
-        passed=all(g.passed for g in gates),
-        model=str(path),
-        reference=str(reference) if reference is not None else None,
-        input=NORMALISED if model.mean is not None else IMAGES01,
-        input_shape=list(shape),
-        samples=samples,
-        notes=notes,
-    )
+    return gates
 
 
 # --------------------------------------------------------------------------------------- models
