@@ -118,3 +118,42 @@ def test_the_run_folder_has_one_owner():
                if path.name != "run_folder.py" for line, value in _code_strings(path)
                if value in names and (path.name, value) not in other_folders]
     assert not spelled, spelled
+
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 65  # "about 60"
+MAX_PARAMETERS = 8
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def _reason_above(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A comment on the line right above the function (or above its decorators)."""
+    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    return first >= 2 and lines[first - 2].strip().startswith("#")
+
+
+def _parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    args = node.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return len(names) - (1 if names and names[0] in ("self", "cls") else 0)
+
+
+def test_long_functions_and_long_parameter_lists_say_why():
+    """No function over about 60 lines or 8 parameters without a comment right above it that says why."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length, parameters = node.end_lineno - node.lineno + 1, _parameter_count(node)
+            if (length > MAX_FUNCTION_LINES or parameters > MAX_PARAMETERS) and not _reason_above(lines, node):
+                unexplained.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
+                                   f"({length} lines, {parameters} parameters)")
+    assert not unexplained, "\n".join(unexplained)
