@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,18 +9,14 @@ import typer
 
 from .app import app
 from .options import (
-    RUN_OPTIONS,
-    SCHEDULE_OPTIONS,
-    TEACHER_OPTIONS,
+    DISTILL_OPTIONS,
     AgreementOpt,
     JsonOpt,
     OutOpt,
     Precision,
     RetentionOpt,
     TeacherArg,
-    clock_start,
-    config_from,
-    teacher_kwargs,
+    distill_kwargs,
     with_options,
 )
 from .output import fail_on_gates, print_deployment, print_result
@@ -29,7 +24,7 @@ from .output import fail_on_gates, print_deployment, print_result
 
 # One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command()
-@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
+@with_options(*DISTILL_OPTIONS)
 def compress(
     teacher: TeacherArg,
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
@@ -44,14 +39,10 @@ def compress(
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from ..deploy.compress import compress as run_compress
 
-    config, chosen = config_from(options)
-    metrics = run_compress(teacher, target=target, out_dir=out, config=config, eval_data=options["eval_data"],
-                           user_set=chosen, clock_start=clock_start(),
-                           precision=precision.value if precision else None, qat=qat,
-                           max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                           resume=options["resume"], min_teacher_retention=min_teacher_retention,
-                           min_teacher_agreement=min_teacher_agreement,
-                           show_progress=not as_json or sys.stderr.isatty(), **teacher_kwargs(options))
+    metrics = run_compress(teacher, target=target, out_dir=out, precision=precision.value if precision else None,
+                           qat=qat, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
+                           **distill_kwargs(options, as_json))
     print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:
         print_deployment(metrics)

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from .app import app
 from .options import (
-    RUN_OPTIONS,
-    SCHEDULE_OPTIONS,
-    TEACHER_OPTIONS,
+    DISTILL_OPTIONS,
     JsonOpt,
     OutOpt,
     TeacherArg,
-    clock_start,
-    config_from,
-    teacher_kwargs,
+    distill_kwargs,
     with_options,
 )
 from .output import print_result
 
 
 @app.command()
-@with_options(TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
+@with_options(*DISTILL_OPTIONS)
 def distill(teacher: TeacherArg, out: OutOpt = Path("runs/distill"), as_json: JsonOpt = False, *,
             options: dict[str, Any]) -> None:
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from ..distill.run import distill as run_distill
 
-    config, chosen = config_from(options)
-    metrics = run_distill(teacher, out_dir=out, config=config, eval_data=options["eval_data"],
-                          resume=options["resume"], show_progress=not as_json or sys.stderr.isatty(),
-                          user_set=chosen, clock_start=clock_start(), **teacher_kwargs(options))
+    metrics = run_distill(teacher, out_dir=out, **distill_kwargs(options, as_json))
     print_result(metrics, as_json, "distillation")

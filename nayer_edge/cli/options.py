@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect as pyinspect
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -110,6 +111,8 @@ SCHEDULE_OPTIONS = _options(
 # What a training run adds (distill and compress).
 RUN_OPTIONS = _options(eval_data=(EvalOpt, None), compile=(CompileOpt, None), schedule=(ScheduleOpt, None),
                        resume=(ResumeOpt, False))
+# What a distillation run takes, for `distill` and `compress` alike.
+DISTILL_OPTIONS = (TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
 
 
 def with_options(*groups: tuple[pyinspect.Parameter, ...]) -> Any:
@@ -150,6 +153,15 @@ def config_from(options: dict[str, Any]) -> tuple[Any, set[str]]:
             overrides[key] = overrides[key].value
     overrides["allow_download"] = overrides.get("allow_download") or None
     return load_config(options["recipe"], overrides), chosen_keys(options["recipe"], overrides)
+
+
+def distill_kwargs(options: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """The keywords ``distill`` and ``compress`` give the library alike: the config and the settings chosen, the
+    clock, the eval data, resume, progress and the teacher's description."""
+    config, chosen = config_from(options)
+    return {"config": config, "user_set": chosen, "clock_start": clock_start(), "eval_data": options["eval_data"],
+            "resume": options["resume"], "show_progress": not as_json or sys.stderr.isatty(),
+            **teacher_kwargs(options)}
 
 
 def clock_start() -> float:
