@@ -20,6 +20,7 @@ from torch import nn
 from ..core.evaluate import accuracy, agreement
 from ..core.strict import replace
 from ..synthesis.augment import random_crop_flip
+from ..synthesis.best_batches import BestBatches, KeptBatches
 from ..synthesis.bn_probe import BNProbe, bn_statistics_loss
 from ..synthesis.generator import NayerGenerator, NoiseGenerator, round_targets
 from ..synthesis.memory import SampleMemory
@@ -150,8 +151,9 @@ class Distiller:
         return to_channels_last(gen) if self.channels_last else gen
 
     def synthesize(self, adversarial: bool, out_of_time: Callable[[], bool] | None = None) -> dict[str, float]:
-        """One synthesis round; the lowest-loss batch of the g_steps goes to the sample memory. ``out_of_time``
-        is asked after every step but the last: when it says so the round ends there, its best batch kept.
+        """One synthesis round; the lowest-loss batch of the g_steps (of each of their ``batches_per_round``
+        segments) goes to the sample memory. ``out_of_time`` is asked after every step but the last: when it
+        says so the round ends there, its best batches kept.
 
         Distributed, this rank optimises its share of the round and the kept batches of all ranks are
         gathered into every rank's memory; the losses returned are this rank's."""
@@ -167,36 +169,32 @@ class Distiller:
         for p in frozen:
             p.requires_grad_(False)
         try:
-            best_loss, best_images, best_parts = self._synthesis_steps(targets, optimizer, adversarial, out_of_time)
+            kept = self._synthesis_steps(targets, optimizer, adversarial, out_of_time)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        if best_images is None:
+        kept_targets = targets.repeat(kept.count) if kept.images is not None else None
+        if kept.images is None:
             # Every step of the round was NaN/Inf: this generator is broken; start the next round from a new one.
             self.generator = self.build_generator()
             self.nonfinite["generator_resets"] += 1
         if self.dist.enabled:
             images, labels = self.dist.all_gather_samples(
-                best_images, targets if best_images is not None else None,
-                math.ceil(cfg.synthesis_batch / self.dist.world_size), self.input_shape)
+                kept.images, kept_targets,
+                math.ceil(cfg.synthesis_batch / self.dist.world_size) * cfg.batches_per_round, self.input_shape)
             if len(images):
                 self._store(images, labels)
-        elif best_images is not None:
-            self._store(best_images, targets)
-        return {"loss_g": best_loss, **best_parts}
+        elif kept.images is not None and kept_targets is not None:
+            self._store(kept.images, kept_targets)
+        return {"loss_g": kept.lowest_loss, **kept.parts}
 
     def _synthesis_steps(self, targets: torch.Tensor, optimizer: torch.optim.Optimizer, adversarial: bool,
-                         out_of_time: Callable[[], bool] | None = None
-                         ) -> tuple[float, torch.Tensor | None, dict[str, float]]:
-        """The round's g_steps. The lowest-loss batch and the count of non-finite steps are kept on the device
-        and read once, at the end of the round: the host never waits for the GPU between steps."""
+                         out_of_time: Callable[[], bool] | None = None) -> KeptBatches:
+        """The round's g_steps; what it keeps (:class:`~nayer_edge.synthesis.best_batches.BestBatches`)."""
         cfg = self.cfg
         assert self.generator is not None
         new_bn_state = self.bn_state
-        best_loss = torch.full((), math.inf, device=self.device)
-        best_parts = torch.zeros(3, device=self.device)
-        best_images: torch.Tensor | None = None
-        skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        best = BestBatches(cfg.g_steps, cfg.batches_per_round, self.device)
         for step in range(cfg.g_steps):
             if step and out_of_time is not None and out_of_time():
                 break
@@ -213,21 +211,12 @@ class Distiller:
             loss_adv = (adversarial_loss(student_logits.float(), teacher_logits) if student_logits is not None
                         else torch.zeros((), device=self.device))
             loss = cfg.bn_weight * loss_bn + cfg.oh_weight * loss_oh + cfg.adv_weight * loss_adv
-            finite = torch.isfinite(loss)
-            better = finite & (loss.detach() < best_loss)
-            best_loss = torch.where(better, loss.detach(), best_loss)
-            best_parts = torch.where(better, torch.stack([loss_bn.to(self.device), loss_oh, loss_adv]).detach(),
-                                     best_parts)
-            kept = images.detach().float()
-            best_images = kept if best_images is None else torch.where(better, kept, best_images)
-            skipped += ~finite
-            backward_and_step(optimizer, loss, finite, self._g_scaler)
+            best.offer(step, loss, (loss_bn, loss_oh, loss_adv), images)
+            backward_and_step(optimizer, loss, torch.isfinite(loss), self._g_scaler)
         self.bn_state = new_bn_state
-        loss_value, bn, oh, adv, n_skipped = torch.cat([best_loss[None], best_parts, skipped[None]]).tolist()
-        self._nonfinite["generator_steps"] += int(n_skipped)
-        if not math.isfinite(loss_value):
-            return loss_value, None, {}
-        return loss_value, best_images, {"loss_bn": bn, "loss_oh": oh, "loss_adv": adv}
+        kept = best.read()
+        self._nonfinite["generator_steps"] += kept.skipped
+        return kept
 
     def _store(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         """Most of each batch trains the student; a fixed share is held out to measure agreement."""

@@ -31,7 +31,8 @@ def run_metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stat
         skipped = distiller.nonfinite
         notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
                      f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
-    rounds = (distiller.memory.total_added + distiller.holdout.total_added) // max(1, config.synthesis_batch)
+    rounds = ((distiller.memory.total_added + distiller.holdout.total_added)
+              // max(1, config.synthesis_batch * config.batches_per_round))
     untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
                                  setup_seconds=time.perf_counter() - run.started - state.elapsed)
     if untrained:
