@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nayer_edge.inputs.evaldata import load_eval_data, save_npz  # noqa: E402
+from nayer_edge.inputs.evaldata import load_eval_data, save_npz  # noqa: E402 - after the repository is put on sys.path
 
 TRAIN_FRACTION = 0.70  # left part of every photo's columns; the rest is held out
 CROP_FRACTION = (0.25, 0.60)  # crop side, as a fraction of the held-out region's shorter side

@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import eval_teachers  # noqa: E402
+import eval_teachers  # noqa: E402 - after the repository is put on sys.path
 
-from nayer_edge.distill.config import load_config  # noqa: E402
-from nayer_edge.distill.losses import kd_divergence  # noqa: E402
-from nayer_edge.inputs.evaldata import load_eval_data  # noqa: E402
-from nayer_edge.zoo.registry import build_student  # noqa: E402
+from nayer_edge.distill.config import load_config  # noqa: E402 - after the repository is put on sys.path
+from nayer_edge.distill.losses import kd_divergence  # noqa: E402 - after the repository is put on sys.path
+from nayer_edge.inputs.evaldata import load_eval_data  # noqa: E402 - after the repository is put on sys.path
+from nayer_edge.zoo.registry import build_student  # noqa: E402 - after the repository is put on sys.path
 
 
 def distil_on_real(teacher: torch.nn.Module, student: torch.nn.Module, task: eval_teachers.Task, steps: int,

@@ -227,7 +227,7 @@ def test_fp16_resume_is_bitwise_identical_with_the_loss_scales_restored(digits_t
     config = load_config(TEST_RECIPE, {"epochs": 4, "warmup_epochs": 1, "synthesis_batch": 40, "kd_batch": 32,
                                        "kd_steps": 10, "g_steps": 4, "memory_capacity": 100, "amp": "fp16",
                                        "embedding": "onehot", "device": "cpu"})
-    run = lambda out, **kw: distill(digits_teacher.path, out_dir=out, config=config, show_progress=False, **kw)  # noqa: E731
+    run = lambda out, **kw: distill(digits_teacher.path, out_dir=out, config=config, show_progress=False, **kw)
     run(tmp_path / "whole")
 
     real_kd_step, calls = Distiller.kd_step, []
@@ -247,5 +247,5 @@ def test_fp16_resume_is_bitwise_identical_with_the_loss_scales_restored(digits_t
     assert saved["generator"]["scale"] < 2.0 ** 16  # what the fix restores; without it this test cannot fail
     monkeypatch.undo()
     run(tmp_path / "cut", resume=True)
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
     assert digest(tmp_path / "cut" / "student.pt") == digest(tmp_path / "whole" / "student.pt")

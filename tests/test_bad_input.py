@@ -132,8 +132,8 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
                                                   "eight", "nine"]))
     (d / "three_classes.txt").write_text("cat\ndog\nbird\n")
 
-    u8 = lambda n=5: np.zeros((n, 16, 16, 1), np.uint8)  # noqa: E731
-    labels = lambda n=5: np.arange(n) % 10  # noqa: E731
+    u8 = lambda n=5: np.zeros((n, 16, 16, 1), np.uint8)
+    labels = lambda n=5: np.arange(n) % 10
     npz = {
         "x_2d.npz": dict(x=np.zeros((5, 7), np.uint8), y=labels()),
         "x_5d.npz": dict(x=np.zeros((5, 1, 16, 16, 2), np.float32), y=labels()),
@@ -224,7 +224,7 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
     from onnx import TensorProto, helper
     from onnx import save as save_onnx
 
-    image = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, 16, 16])  # noqa: E731
+    image = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, 16, 16])
     for name, inputs in (("two_inputs.onnx", ["a", "b"]), ("image_out.onnx", ["a"])):
         node = helper.make_node("Add" if len(inputs) == 2 else "Identity", inputs, ["y"])
         graph = helper.make_graph([node], "g", [image(i) for i in inputs], [image("y")])

@@ -157,3 +157,14 @@ def test_long_functions_and_long_parameter_lists_say_why():
                 unexplained.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
                                    f"({length} lines, {parameters} parameters)")
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_every_noqa_marker_says_why():
+    """``# noqa: CODE - why`` (or ``(why)``): a bare marker hides a lint finding without a reason."""
+    import re
+
+    bare = re.compile(r"#\s*noqa(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*)?\s*$")
+    found = [f"{path.relative_to(REPO)}:{number}" for folder in ("nayer_edge", "tests", "benchmarks")
+             for path in sorted((REPO / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if bare.search(line)]
+    assert not found, found

@@ -13,10 +13,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from nayer_edge import __version__  # noqa: E402
-from nayer_edge.core.errors import UserError  # noqa: E402
-from nayer_edge.core.normalize import NormalizedModel  # noqa: E402
-from nayer_edge.onnx_model.exporter import (  # noqa: E402
+from nayer_edge import __version__  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.core.errors import UserError  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.core.normalize import NormalizedModel  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.onnx_model.exporter import (  # noqa: E402 - after the importorskip of the extras
     ParityError,
     check_parity,
     compare_logits,

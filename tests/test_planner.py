@@ -163,7 +163,7 @@ def test_planned_epochs_follow_the_clock():
 
     config = load_config(None, {"student": "cnn_tiny", "epochs": 8, "warmup_epochs": 1, "kd_steps": 5,
                                 "memory_capacity": 100, "device": "cpu"})
-    model = lambda: create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)  # noqa: E731
+    model = lambda: create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
     distiller = Distiller(model(), model(), onehot_embeddings(10), config, (1, 16, 16), 10, torch.device("cpu"))
     distiller.state.epoch = 3
     distiller.state.history = [{"epoch": e + 1, "wall_seconds": 10.0 * (e + 1)} for e in range(3)]

@@ -9,12 +9,12 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto  # noqa: E402
+from onnx import TensorProto  # noqa: E402 - after the importorskip of the extras
 
-from nayer_edge.core.errors import UserError  # noqa: E402
-from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402
-from nayer_edge.quantize.ort import int8_node_summary, quantize_static_ort  # noqa: E402
-from nayer_edge.zoo import create_model  # noqa: E402
+from nayer_edge.core.errors import UserError  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.onnx_model.exporter import compare_logits, export_onnx, onnx_session, run_session  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.quantize.ort import int8_node_summary, quantize_static_ort  # noqa: E402 - after the importorskip of the extras
+from nayer_edge.zoo import create_model  # noqa: E402 - after the importorskip of the extras
 
 SHAPE = (1, 16, 16)
 

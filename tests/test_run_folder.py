@@ -234,7 +234,7 @@ def test_quantize_exports_again_when_student_onnx_is_of_an_earlier_student(run_d
     from nayer_edge.zoo import create_model
 
     export(run_dir, run_dir / "student.onnx")
-    made_from = lambda: {p.key: p.value for p in onnx.load(str(run_dir / "student.onnx")).metadata_props}[  # noqa: E731
+    made_from = lambda: {p.key: p.value for p in onnx.load(str(run_dir / "student.onnx")).metadata_props}[
         "nayer_edge.student_sha256"]
     assert made_from() == student_sha256(run_dir)
     first = (run_dir / "student.onnx").read_bytes()

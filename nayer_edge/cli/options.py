@@ -77,7 +77,7 @@ EmbeddingOpt = Annotated[Optional[EmbeddingKind], typer.Option("--embedding", he
 EncoderOpt = Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")]
 TemplateOpt = Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt with {} for the class name.")]
 DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Let the text encoder be fetched from a hub.")]
-IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, help=text)]  # noqa: E731
+IntOpt = lambda flag, text=None: Annotated[Optional[int], typer.Option(flag, help=text)]
 DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help="Where to run (default: the recipe's device, else auto).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]

@@ -18,7 +18,7 @@ def print_summary(metrics: dict[str, Any], title: str) -> None:
     table.add_column("model")
     table.add_column("params", justify="right")
     table.add_column("top-1 (held-out real data)", justify="right")
-    fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    fmt = lambda v: "—" if v is None else f"{v:.2%}"
     table.add_row("teacher", f"{metrics['teacher_params']:,}", fmt(metrics["teacher_accuracy"]))
     table.add_row(f"student ({metrics['student']})", f"{metrics['student_params']:,}", fmt(metrics["student_accuracy"]))
     console.print(table)
@@ -47,7 +47,7 @@ def fail_on_gates(metrics: dict[str, Any]) -> None:
 
 
 def print_deployment(metrics: dict[str, Any]) -> None:
-    fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+    fmt = lambda v: "—" if v is None else f"{v:.2%}"
     console.print(f"ONNX FP32 top-1 {fmt(metrics['fp32_onnx_accuracy'])}"
                   + (f", INT8 top-1 {fmt(metrics['int8_accuracy'])}" if metrics["int8_accuracy"] is not None else ""))
     for name, lat in metrics["latency"].items():

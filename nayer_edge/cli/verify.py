@@ -62,7 +62,7 @@ def verify_command(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
-        fmt = lambda v: "—" if v is None else f"{v:.2%}"  # noqa: E731
+        fmt = lambda v: "—" if v is None else f"{v:.2%}"
         console.print(f"top-1 {fmt(result.accuracy)}" + (f" (reference {fmt(result.reference_accuracy)})"
                                                           if result.reference_accuracy is not None else ""))
         if result.parity is not None:

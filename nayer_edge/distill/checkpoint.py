@@ -50,7 +50,7 @@ def read_checkpoint(out_dir: Path, config: DistillConfig, user_set: set[str] | N
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - any failure to read the checkpoint becomes one line
         raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); remove it or run without --resume") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
         raise UserError(f"{path}: not a nayer-edge checkpoint (no run state and settings in it); remove it or run "

@@ -445,7 +445,7 @@ class Distiller:
         return state
 
     def _rank_state(self) -> dict[str, Any]:
-        to_cpu = lambda tree: map_tensors(tree, lambda t: t.detach().cpu())  # noqa: E731
+        to_cpu = lambda tree: map_tensors(tree, lambda t: t.detach().cpu())
         generator = (to_cpu({k: v for k, v in self.generator.state_dict().items() if not k.startswith("noisy.")})
                      if self.generator is not None else None)
         return {"generator": generator, "bn_state": to_cpu(self.bn_state), "local_rng": self.local_rng.get_state(),

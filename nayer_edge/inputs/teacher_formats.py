@@ -232,7 +232,7 @@ def load_export(path: Path, device: str | torch.device, trust_pickle: bool = Fal
             f"{path}: the exported program contains pickled code; re-run with --trust-pickle only if you trust "
             "its source"
         ) from None
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"{path}: cannot load torch.export program ({error_line(err)})") from None
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
@@ -258,7 +258,7 @@ def torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> An
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ..."
             return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         message = str(err)
         with open(path, "rb") as f:
             head = f.read(2)
@@ -275,7 +275,7 @@ def torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> An
             ) from None
     try:
         return torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"{path}: cannot unpickle ({error_line(err)})") from None
 
 
@@ -336,7 +336,7 @@ def model_from_state_dict(
         model = zoo.create_model(arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"cannot build --arch {arch} for {num_classes} classes: {error_line(err)}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
@@ -359,6 +359,6 @@ def model_from_state_dict(
         )
     try:
         model.load_state_dict(sd, strict=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"{path}: state dict does not match --arch {arch}: {error_line(err)}") from None
     return model, in_channels

@@ -46,13 +46,13 @@ def load_student(run_dir: str | Path, *, trust_code: bool = False) -> tuple[torc
         model.load_state_dict(torch.load(run_dir / rf.STUDENT_WEIGHTS, map_location="cpu", weights_only=True))
     except UserError:
         model = None
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - any failure to read the run's student becomes one line
         raise UserError(f"{run_dir / rf.STUDENT_WEIGHTS}: unreadable, or not the weights of the student in student.json "
                         f"({_loading_error_line(err)}); re-run distill") from None
     if model is None:
         try:
             model = torch.jit.load(str(run_dir / rf.STUDENT_TS), map_location="cpu")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - any failure to read the run's student becomes one line
             raise UserError(f"{run_dir}: unreadable student.ts ({type(err).__name__}); re-run distill") from None
     tensors = [*model.parameters(), *model.buffers()]
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):

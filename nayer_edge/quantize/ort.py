@@ -184,7 +184,7 @@ def int8_node_summary(onnx_path: str | os.PathLike[str], *, threads: int | None 
             options.intra_op_num_threads = int(threads)
         try:
             ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - whatever onnxruntime raises on a bad model becomes one line
             raise UserError(f"{src}: not a loadable ONNX model ({first_line(err)})") from None
         graph = onnx.load(options.optimized_model_filepath).graph
         return dict(sorted(Counter(node.op_type for node in graph.node).items()))
