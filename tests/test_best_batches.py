@@ -59,3 +59,9 @@ def test_a_round_cut_short_keeps_the_segments_it_reached():
     _offer_all(best, [3.0, 2.0, 4.0, 1.0])  # out of time after step 3: the second segment has one step
     kept = best.read()
     assert _steps_of(kept.images) == [1, 3]
+
+
+def test_more_segments_than_steps_keep_every_finite_step():
+    best = BestBatches(steps=3, segments=10, device=CPU)
+    _offer_all(best, [3.0, math.nan, 1.0])
+    assert _steps_of(best.read().images) == [0, 2]

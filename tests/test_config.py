@@ -81,7 +81,7 @@ def test_ints_are_accepted_for_floats_and_become_floats():
     {"temperature": 0.0}, {"lr": -0.1}, {"lr_g": 0.0}, {"time_budget": 0.0}, {"device": "tpu"},
     {"seed": -1}, {"seed": 2**32}, {"seed": 5_000_000_000}, {"threads": -1}, {"threads": 1025},
     {"threads": 100_000_000_000}, {"qat_epochs": 1001.0}, {"qat_epochs": 1e12},
-    {"batches_per_round": 0}, {"batches_per_round": 31},
+    {"batches_per_round": 0}, {"batches_per_round": -2},
 ])
 def test_invalid_values_raise_user_error(changes):
     (key,) = changes
@@ -94,7 +94,8 @@ def test_invalid_values_raise_user_error(changes):
 @pytest.mark.parametrize("changes", [
     {"bn_momentum": 0.0}, {"holdout_fraction": 0.0}, {"warmup_epochs": 0}, {"kd_steps": 0},
     {"device": "cuda:1"}, {"time_budget": None}, {"seed": 0}, {"seed": 2**32 - 1}, {"threads": 0},
-    {"threads": 1024}, {"qat_epochs": 1000.0}, {"batches_per_round": 30},
+    {"threads": 1024}, {"qat_epochs": 1000.0}, {"batches_per_round": 1},
+    {"batches_per_round": 100},
 ])
 def test_boundary_values_are_accepted(changes):
     cfg = load_config(overrides=changes)

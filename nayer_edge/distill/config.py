@@ -33,8 +33,8 @@ class DistillConfig:
     rounds_per_epoch: int = 2
     warmup_rounds: int = 10
     g_steps: int = 30
-    # Batches a round keeps: its g_steps in this many equal segments, the lowest-loss batch of each (1: the paper's
-    # best batch of the round).
+    # Batches a round keeps: its g_steps in this many equal segments (at most g_steps), the lowest-loss batch of
+    # each (1: the paper's best batch of the round).
     batches_per_round: int = 1
     g_life: int = 10
     lr_g: float = 4e-3
@@ -118,9 +118,8 @@ class DistillConfig:
             raise UserError(f"config: augment_pad must be -1 (auto: H/8) or a pixel count, got {self.augment_pad}")
         if not 0 <= self.memory_device_budget <= 1:
             raise UserError(f"config: memory_device_budget must be in [0, 1], got {self.memory_device_budget}")
-        if not 1 <= self.batches_per_round <= self.g_steps:
-            raise UserError(f"config: batches_per_round must be within [1, g_steps={self.g_steps}], "
-                            f"got {self.batches_per_round}")
+        if self.batches_per_round < 1:
+            raise UserError(f"config: batches_per_round must be at least 1, got {self.batches_per_round}")
         if not 0 <= self.holdout_fraction < 1:
             raise UserError(f"config: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.lr <= 0 or self.lr_g <= 0:

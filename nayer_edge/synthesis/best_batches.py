@@ -23,7 +23,8 @@ class KeptBatches:
 
 
 class BestBatches:
-    """The lowest-loss batch of each of ``segments`` equal runs of a round's ``steps`` generator steps.
+    """The lowest-loss batch of each of ``segments`` equal runs of a round's ``steps`` generator steps (one step
+    a segment at the most).
 
     Example::
 
@@ -36,6 +37,7 @@ class BestBatches:
 
     def __init__(self, steps: int, segments: int, device: torch.device):
         self.device = device
+        segments = max(1, min(segments, steps))
         self._ends = {round((i + 1) * steps / segments) for i in range(segments)}
         self._losses: list[torch.Tensor] = []
         self._parts: list[torch.Tensor] = []
