@@ -151,15 +151,16 @@ def test_bad_input_one_line_exit_2(case, digits_teacher, tmp_path):
 
 
 def test_demo_end_to_end(tmp_path):
-    """The main job, on a short budget: a real digits teacher, distilled without its images."""
+    """The main job, on half its budget: a real digits teacher (trained on first use, not charged to the budget),
+    distilled without its images, quantized, exported and verified, all planned to fit."""
     out = tmp_path / "demo"
-    result = run_cli("demo", "--out", str(out), "--epochs", "5", "--time-budget", "600", "--json",
+    result = run_cli("demo", "--out", str(out), "--time-budget", "85", "--json",
                      env={"NAYER_EDGE_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert metrics["teacher_accuracy"] > 0.97
-    # 5 warm-up epochs are an eighth of the demo; the full demo reaches ≥ 95 % of the teacher (BENCHMARKS.md).
-    assert metrics["epochs"] == 5
+    # Half the demo's 170 s; the full demo reaches ≥ 95 % of the teacher (BENCHMARKS.md).
+    assert metrics["epochs"] >= 3
     assert metrics["student_accuracy"] > 0.8 * metrics["teacher_accuracy"]
     assert (tmp_path / "cache" / "demo" / "digits_teacher.pt").is_file()
     assert metrics["target"] == "cpu-x86" and metrics["passed"] and (out / "student.int8.onnx").is_file()

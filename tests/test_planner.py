@@ -178,7 +178,7 @@ def test_planned_epochs_follow_the_clock():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-BUDGET = 60.0
+BUDGET = 40.0
 
 
 def test_planned_run_keeps_its_budget(digits_teacher, tmp_path):
@@ -230,7 +230,7 @@ def test_resumed_planned_run_restores_its_plan(digits_teacher, tmp_path):
     """Stopped by SIGINT after its first checkpoint, a planned run resumed with the same command continues
     with the plan in its checkpoint: not measured again (the same costs, to the digit)."""
     out = tmp_path / "run"
-    args = ["distill", str(digits_teacher.path), "--out", str(out), "--student", "cnn_tiny", "--time-budget", "60",
+    args = ["distill", str(digits_teacher.path), "--out", str(out), "--student", "cnn_tiny", "--time-budget", "35",
             "--device", "cpu", "--json"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "nayer_edge", *args], cwd=REPO, env=env,
