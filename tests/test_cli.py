@@ -202,6 +202,21 @@ def test_command_help_still_works():
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("command,default", [
+    ("distill", "[default: metadata, else 3,32,32]"), ("distill", "[default: auto]"),
+    ("compress", "[default: on for INT8]"), ("compress", "[default: the target's, 0.9]"),
+    ("demo", "[default: 170]"), ("export", "[default: RUN_DIR/student.onnx]"), ("export", "[default: dynamic]"),
+    ("quantize", "[default: the one in RUN_DIR/config.json]"),
+])
+def test_help_shows_the_defaults_written_in_it(command, default):
+    """A default named in an option's help survives rich's markup (unescaped, "[default: x]" is a style tag and
+    vanishes from the help)."""
+    result = run_cli(command, "--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert default in text, text
+
+
 @pytest.mark.parametrize("argv,code", [(["fail"], 3), (["ok"], None)])
 def test_exit_codes_of_commands_pass_through(argv, code, monkeypatch):
     """Click runs outside its standalone mode (for one-line usage errors): a command's typer.Exit code is still
@@ -235,3 +250,17 @@ def test_exit_codes_of_commands_pass_through(argv, code, monkeypatch):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_every_option_that_names_a_config_field_reaches_the_config():
+    """The config is built from the options whose names are DistillConfig fields (CONFIG_OPTIONS): none of them
+    is left out, and nothing else is passed as a config key."""
+    from dataclasses import fields
+
+    from nayer_edge.cli.options import CONFIG_OPTIONS, DISTILL_OPTIONS
+    from nayer_edge.distill.config import DistillConfig
+
+    config_fields = {f.name for f in fields(DistillConfig)}
+    declared = {parameter.name for group in DISTILL_OPTIONS for parameter in group}
+    assert set(CONFIG_OPTIONS) <= config_fields
+    assert declared & config_fields <= set(CONFIG_OPTIONS), declared & config_fields - set(CONFIG_OPTIONS)

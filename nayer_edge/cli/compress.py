@@ -30,7 +30,7 @@ def compress(
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
     out: OutOpt = Path("runs/compress"),
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
-    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples [default: on for INT8].")] = None,
+    qat: Annotated[Optional[bool], typer.Option("--qat/--no-qat", help="INT8 quantization-aware fine-tuning on the synthetic samples \\[default: on for INT8].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: top-1 points below the FP32 student.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: p50 latency at the target's batch.")] = None,
     min_teacher_retention: RetentionOpt = None, min_teacher_agreement: AgreementOpt = None,

@@ -17,7 +17,7 @@ from .output import fail_on_gates, print_deployment, print_result
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole job (distillation planned to fit) [default: 170].")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole job (distillation planned to fit) \\[default: 170].")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     resume: ResumeOpt = False, as_json: JsonOpt = False,

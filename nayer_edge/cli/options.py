@@ -43,7 +43,7 @@ class AmpKind(str, Enum):
 TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Zoo architecture of a state-dict teacher.")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names: a file (one per line) or a comma-separated list.")]
-ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W the teacher takes [default: metadata, else 3,32,32].")]
+ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W the teacher takes \\[default: metadata, else 3,32,32].")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean the teacher normalises with [default 0].")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std the teacher normalises with [default 1].")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")]
@@ -71,7 +71,7 @@ RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="Recipe name 
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz (x, y) or image folder root/<class>/*.png; reported, never used for selection.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs")]
 BudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds for the whole command (setup, measuring, training, artefacts); the schedule is planned to fit.")]
-ScheduleOpt = Annotated[Optional[ScheduleKind], typer.Option("--schedule", help="auto: plan the settings you leave unset for this device, the models and the budget; fixed: use the recipe and defaults as they are (the paper's GPU values) [default: auto].")]
+ScheduleOpt = Annotated[Optional[ScheduleKind], typer.Option("--schedule", help="auto: plan the settings you leave unset for this device, the models and the budget; fixed: use the recipe and defaults as they are (the paper's GPU values) \\[default: auto].")]
 GeneratorOpt = Annotated[Optional[GeneratorKind], typer.Option("--generator", help="nayer (label-text embeddings) or noise (z ~ N(0, I) baseline).")]
 EmbeddingOpt = Annotated[Optional[EmbeddingKind], typer.Option("--embedding", help="text (LTE) or onehot (ablation).")]
 EncoderOpt = Annotated[Optional[str], typer.Option("--text-encoder", help="Hub name or local path of a CLIP or sentence encoder.")]
@@ -171,9 +171,9 @@ def clock_start() -> float:
 
 
 RetentionOpt = Annotated[Optional[float], typer.Option(
-    "--min-teacher-retention", help="Gate: least share of the teacher's top-1 the deployed student keeps on the eval data, 0 to 1 (0: off) [default: the target's, 0.9].")]
+    "--min-teacher-retention", help="Gate: least share of the teacher's top-1 the deployed student keeps on the eval data, 0 to 1 (0: off) \\[default: the target's, 0.9].")]
 AgreementOpt = Annotated[Optional[float], typer.Option(
-    "--min-teacher-agreement", help="Gate without eval data: least top-1 agreement with the teacher on held-out synthetic samples (0: off) [default: the target's, 0.9].")]
+    "--min-teacher-agreement", help="Gate without eval data: least top-1 agreement with the teacher on held-out synthetic samples (0: off) \\[default: the target's, 0.9].")]
 
 
 class Precision(str, Enum):

@@ -17,10 +17,10 @@ from .options import JsonOpt, Layout, TrustCodeOpt, TrustOpt
 @app.command("quantize")
 def quantize_command(
     run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file [default: RUN_DIR/student.int8.onnx].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file \\[default: RUN_DIR/student.int8.onnx].")] = None,
     layout: Annotated[Layout, typer.Option("--layout", help="ort: onnxruntime CPU (U8S8 QDQ); tensorrt: explicit symmetric Q/DQ.")] = Layout.ort,
     qat: Annotated[bool, typer.Option("--qat/--no-qat", help="Also fine-tune through fake INT8 on the synthetic samples (needs the teacher).")] = False,
-    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher for QAT [default: the one in RUN_DIR/config.json].")] = None,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher for QAT \\[default: the one in RUN_DIR/config.json].")] = None,
     trust_pickle: TrustOpt = False,
     trust_code: TrustCodeOpt = False,
     calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
