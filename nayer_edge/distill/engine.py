@@ -20,7 +20,7 @@ from torch import nn
 from ..core.evaluate import accuracy, agreement
 from ..core.strict import replace
 from ..synthesis.augment import random_crop_flip
-from ..synthesis.best_batches import BestBatches, KeptBatches
+from ..synthesis.best_batches import BestBatches, KeptBatches, kept_per_round
 from ..synthesis.bn_probe import BNProbe, bn_statistics_loss
 from ..synthesis.generator import NayerGenerator, NoiseGenerator, round_targets
 from ..synthesis.memory import SampleMemory
@@ -174,17 +174,18 @@ class Distiller:
             for p in frozen:
                 p.requires_grad_(True)
         kept_targets = targets.repeat(kept.count) if kept.images is not None else None
-        if kept.images is None:
+        if kept_targets is None:
             # Every step of the round was NaN/Inf: this generator is broken; start the next round from a new one.
             self.generator = self.build_generator()
             self.nonfinite["generator_resets"] += 1
         if self.dist.enabled:
             images, labels = self.dist.all_gather_samples(
                 kept.images, kept_targets,
-                math.ceil(cfg.synthesis_batch / self.dist.world_size) * cfg.batches_per_round, self.input_shape)
+                math.ceil(cfg.synthesis_batch / self.dist.world_size) * kept_per_round(cfg.g_steps, cfg.batches_per_round),
+                self.input_shape)
             if len(images):
                 self._store(images, labels)
-        elif kept.images is not None and kept_targets is not None:
+        elif kept_targets is not None:
             self._store(kept.images, kept_targets)
         return {"loss_g": kept.lowest_loss, **kept.parts}
 
@@ -211,8 +212,8 @@ class Distiller:
             loss_adv = (adversarial_loss(student_logits.float(), teacher_logits) if student_logits is not None
                         else torch.zeros((), device=self.device))
             loss = cfg.bn_weight * loss_bn + cfg.oh_weight * loss_oh + cfg.adv_weight * loss_adv
-            best.offer(step, loss, (loss_bn, loss_oh, loss_adv), images)
-            backward_and_step(optimizer, loss, torch.isfinite(loss), self._g_scaler)
+            finite = best.offer(step, loss, (loss_bn, loss_oh, loss_adv), images)
+            backward_and_step(optimizer, loss, finite, self._g_scaler)
         self.bn_state = new_bn_state
         kept = best.read()
         self._nonfinite["generator_steps"] += kept.skipped

@@ -31,6 +31,7 @@ from typing import Any, Callable, Collection
 
 from ..core.errors import UserError
 from ..core.strict import replace
+from ..synthesis.best_batches import kept_per_round
 from .config import DistillConfig
 
 # The settings the planner may choose; any of them the user set (command line or recipe) is kept.
@@ -269,8 +270,8 @@ def _plan_without_budget(step: _ProcessCosts, config: DistillConfig, choices: _C
     warm_s = warmup_rounds * g_steps * step.warm(synthesis_batch) + kd_epoch
     epoch_s = rounds * g_steps * step.normal(synthesis_batch) + kd_epoch
     total = warmup_epochs * warm_s + (config.epochs - warmup_epochs) * epoch_s
-    expected = config.batches_per_round * _expected_samples(synthesis_batch, warmup_epochs, warmup_rounds,
-                                                            config.epochs, rounds)
+    expected = kept_per_round(g_steps, config.batches_per_round) * _expected_samples(
+        synthesis_batch, warmup_epochs, warmup_rounds, config.epochs, rounds)
     first = warmup_rounds * g_steps * step.warm(synthesis_batch)
     return Plan(choices.chosen, choices.fixed, costs, None, None, warm_s, epoch_s, first, total, SYNTHESIS_SHARE,
                 expected, (_eta_note(total),))
@@ -329,8 +330,8 @@ def _plan_for_budget(step: _ProcessCosts, config: DistillConfig, choices: _Choic
         (budget - warmup_epochs * (warm_epoch + per_epoch_overhead)) / (epoch + per_epoch_overhead))))
     n_warm = min(warmup_epochs, epochs)
     total = n_warm * (warm_epoch + per_epoch_overhead) + (epochs - n_warm) * (epoch + per_epoch_overhead)
-    expected = config.batches_per_round * _expected_samples(synthesis_batch, warmup_epochs, warmup_rounds, epochs,
-                                                            rounds)
+    expected = kept_per_round(g_steps, config.batches_per_round) * _expected_samples(
+        synthesis_batch, warmup_epochs, warmup_rounds, epochs, rounds)
     memory_capacity = value("memory_capacity", lambda: _memory_capacity(expected, step.costs.sample_bytes, ram_bytes))
     if memory_capacity < expected:
         notes.append(f"the memory keeps the newest {memory_capacity:,} of about {expected:,} samples")

@@ -15,6 +15,7 @@ import torch
 from ..core.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from ..core.evaluate import accuracy
 from ..core.plots import save_sample_grid, save_training_curves
+from ..synthesis.best_batches import kept_per_round
 from ..synthesis.embeddings import class_separation
 from ..zoo import describe_student
 from . import run_folder as rf
@@ -32,7 +33,7 @@ def run_metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stat
         notes.append(f"NaN/Inf losses: {skipped['generator_steps']} generator steps and {skipped['kd_steps']} student "
                      f"steps skipped, {skipped['generator_resets']} generators rebuilt (see metrics.json 'nonfinite')")
     rounds = ((distiller.memory.total_added + distiller.holdout.total_added)
-              // max(1, config.synthesis_batch * config.batches_per_round))
+              // max(1, config.synthesis_batch * kept_per_round(config.g_steps, config.batches_per_round)))
     untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
                                  setup_seconds=time.perf_counter() - run.started - state.elapsed)
     if untrained:

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 import torch
 
 
+def kept_per_round(steps: int, segments: int) -> int:
+    """How many batches a round of ``steps`` generator steps keeps when asked for ``segments``: one a step at most."""
+    return max(1, min(segments, steps))
+
+
 @dataclass(frozen=True)
 class KeptBatches:
     """A round's kept batches (``images``: ``count`` batches one after the other, or None when every step of the
@@ -37,7 +42,7 @@ class BestBatches:
 
     def __init__(self, steps: int, segments: int, device: torch.device):
         self.device = device
-        segments = max(1, min(segments, steps))
+        segments = kept_per_round(steps, segments)
         self._ends = {round((i + 1) * steps / segments) for i in range(segments)}
         self._losses: list[torch.Tensor] = []
         self._parts: list[torch.Tensor] = []
@@ -45,8 +50,10 @@ class BestBatches:
         self._skipped = torch.zeros((), dtype=torch.int64, device=device)
         self._open = False
 
-    def offer(self, step: int, loss: torch.Tensor, parts: tuple[torch.Tensor, ...], images: torch.Tensor) -> None:
-        """Step ``step``'s batch and its loss (a non-finite loss is counted and never kept)."""
+    def offer(self, step: int, loss: torch.Tensor, parts: tuple[torch.Tensor, ...], images: torch.Tensor
+              ) -> torch.Tensor:
+        """Step ``step``'s batch and its loss (a non-finite loss is counted and never kept); returns whether the
+        loss is finite (a 0-dim bool tensor on the device)."""
         loss = loss.detach()
         finite = torch.isfinite(loss)
         self._skipped += ~finite
@@ -64,6 +71,7 @@ class BestBatches:
             self._images[-1] = torch.where(better, kept, self._images[-1])
         if step + 1 in self._ends:
             self._open = False
+        return finite
 
     def read(self) -> KeptBatches:
         """The kept batches whose loss is finite, in step order, with the lowest loss of the round and its terms
