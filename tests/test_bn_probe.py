@@ -268,6 +268,11 @@ def test_loss_known_value_and_gradient():
     assert not state["a"][0].requires_grad
     empty, same = bn_statistics_loss([], state)
     assert empty.item() == 0.0 and same.keys() == state.keys()
+    # first_weight scales the first layer's term only (a: 4, b: 5): 10·4 + 5
+    weighted, _ = bn_statistics_loss([s1, s2], None, first_weight=10.0)
+    assert weighted.item() == pytest.approx(45.0)
+    (g,) = torch.autograd.grad(weighted, mean)
+    torch.testing.assert_close(g, torch.tensor([10.0, 0.0]))
 
 
 def test_loss_momentum_blending():

@@ -47,6 +47,9 @@ class DistillConfig:
     oh_weight: float = 0.5
     adv_weight: float = 1.33
     bn_momentum: float = 0.9
+    # Weight of the first BatchNorm layer's term inside L_BN (DeepInversion's first_bn_multiplier; 1: NAYER's
+    # equal weights). The first layer's statistics are the images' low-level edge and texture energy.
+    bn_first_weight: float = 1.0
 
     kd_batch: int = 512
     kd_steps: int = 400
@@ -99,7 +102,7 @@ class DistillConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
         for name in ("warmup_epochs", "warmup_rounds", "kd_steps", "bn_weight", "oh_weight", "adv_weight",
-                     "threads"):
+                     "bn_first_weight", "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:

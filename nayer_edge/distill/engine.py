@@ -207,7 +207,7 @@ class Distiller:
                 student_logits = self._student_forward(augmented) if adversarial else None
             # Losses in float32, whatever the forwards ran in (the BN statistics are recorded in float32).
             teacher_logits = teacher_logits.float()
-            loss_bn, new_bn_state = bn_statistics_loss(stats, self.bn_state, cfg.bn_momentum)
+            loss_bn, new_bn_state = bn_statistics_loss(stats, self.bn_state, cfg.bn_momentum, cfg.bn_first_weight)
             loss_oh = F.cross_entropy(teacher_logits, targets)
             loss_adv = (adversarial_loss(student_logits.float(), teacher_logits) if student_logits is not None
                         else torch.zeros((), device=self.device))

@@ -369,13 +369,14 @@ class BNProbe:
 
 
 def bn_statistics_loss(
-    stats: list[BNStat], momentum_state: dict | None = None, momentum: float = 0.9
+    stats: list[BNStat], momentum_state: dict | None = None, momentum: float = 0.9, first_weight: float = 1.0
 ) -> tuple[Tensor, dict]:
     """NAYER's BatchNorm statistics loss, Σ_l ‖μ̂_l − μ_l‖₂ + ‖σ̂²_l − σ²_l‖₂, with momentum blending.
 
     μ̂ = (1 − momentum)·batch_mean + momentum·previous mean (the same for the variance), where the previous
     blended statistics come from ``momentum_state[name] = (mean, var)``; a layer with no previous entry uses
-    its batch statistics as they are. Returns the loss (0-dim, differentiable) and the new state (a new
+    its batch statistics as they are. ``first_weight`` scales the first layer's term (DeepInversion's
+    first_bn_multiplier). Returns the loss (0-dim, differentiable) and the new state (a new
     dict, detached tensors). NAYER carries the state over once per synthesised batch, after its inner steps:
     keep the returned state only when that is what you want.
 
@@ -389,7 +390,7 @@ def bn_statistics_loss(
         return torch.tensor(0.0), new_state
     previous = momentum_state or {}
     total: Tensor | None = None
-    for s in stats:
+    for index, s in enumerate(stats):
         mean, var = s.batch_mean, s.batch_var
         if s.name in previous:
             prev_mean, prev_var = previous[s.name]
@@ -398,6 +399,8 @@ def bn_statistics_loss(
         term = torch.linalg.vector_norm(mean - s.running_mean.to(mean)) + torch.linalg.vector_norm(
             var - s.running_var.to(var)
         )
+        if index == 0 and first_weight != 1.0:
+            term = first_weight * term
         total = term if total is None else total + term
         new_state[s.name] = (mean.detach(), var.detach())
     assert total is not None
