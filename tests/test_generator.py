@@ -125,6 +125,23 @@ def test_decoder_crops_sizes_not_divisible_by_four():
     assert decoder(torch.randn(2, 7)).shape == (2, 1, 13, 10)
 
 
+def test_decoder_upsamplings_set_the_start_size_and_keep_the_papers_layers_at_two():
+    torch.manual_seed(0)
+    paper = Decoder(7, (3, 64, 64), ngf=4)
+    assert (paper.init_h, paper.init_w) == (16, 16)
+    assert [type(m).__name__ for m in paper.blocks] == [
+        "BatchNorm2d", "Upsample", "Conv2d", "BatchNorm2d", "LeakyReLU", "Upsample", "Conv2d", "BatchNorm2d",
+        "LeakyReLU", "Conv2d"]
+    deeper = Decoder(7, (3, 64, 64), ngf=4, upsamplings=3)
+    assert (deeper.init_h, deeper.init_w) == (8, 8)
+    assert sum(isinstance(m, torch.nn.Upsample) for m in deeper.blocks) == 3
+    assert deeper.project.out_features == 2 * 4 * 8 * 8
+    assert deeper(torch.randn(2, 7)).shape == (2, 3, 64, 64)
+    assert Decoder(7, (1, 28, 28), ngf=4, upsamplings=3)(torch.randn(2, 7)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="at least one upsampling"):
+        Decoder(7, (3, 32, 32), upsamplings=0)
+
+
 def test_gradients_reach_decoder_noisy_layer_and_embedding_norm():
     gen = small_generator(batch_size=20)
     targets = round_targets(K, 20)

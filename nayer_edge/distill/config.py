@@ -42,6 +42,7 @@ class DistillConfig:
     noisy_dim: int = 1000
     noise_dim: int = 256
     ngf: int = 64
+    decoder_upsamplings: int = 2  # the decoder starts at H/2ⁿ, W/2ⁿ (the paper: 2)
 
     bn_weight: float = 10.0
     oh_weight: float = 0.5
@@ -97,7 +98,7 @@ class DistillConfig:
                 raise UserError(f"config: {name} must be a finite number, got {value}")
 
         positive = ("epochs", "rounds_per_epoch", "g_steps", "g_life", "synthesis_batch", "noisy_dim",
-                    "kd_batch", "memory_capacity", "ngf")
+                    "kd_batch", "memory_capacity", "ngf", "decoder_upsamplings")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")

@@ -10,32 +10,31 @@ from torch import nn
 
 
 class Decoder(nn.Module):
-    """DCGAN-style decoder: Linear → (C0, H/4, W/4) → two ×2 upsamplings → sigmoid image."""
+    """DCGAN-style decoder: Linear → (C0, H/2ⁿ, W/2ⁿ) → n ×2 upsamplings (n = ``upsamplings``, the paper's 2)
+    → sigmoid image."""
 
-    def __init__(self, in_dim: int, out_shape: tuple[int, int, int], ngf: int = 64):
+    def __init__(self, in_dim: int, out_shape: tuple[int, int, int], ngf: int = 64, upsamplings: int = 2):
         super().__init__()
+        if upsamplings < 1:
+            raise ValueError(f"a decoder needs at least one upsampling, got {upsamplings}")
         channels, height, width = out_shape
         self.out_shape = out_shape
-        self.init_h, self.init_w = math.ceil(height / 4), math.ceil(width / 4)
+        scale = 2**upsamplings
+        self.init_h, self.init_w = math.ceil(height / scale), math.ceil(width / scale)
         self.project = nn.Linear(in_dim, 2 * ngf * self.init_h * self.init_w)
-        self.blocks = nn.Sequential(
-            nn.BatchNorm2d(2 * ngf),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ngf, channels, 3, padding=1),
-        )
+        layers: list[nn.Module] = [nn.BatchNorm2d(2 * ngf)]
+        for _ in range(upsamplings - 1):
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(ngf), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ngf, channels, 3, padding=1)]
+        self.blocks = nn.Sequential(*layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         x = self.project(code).view(code.shape[0], -1, self.init_h, self.init_w)
         x = self.blocks(x)
         _, height, width = self.out_shape
-        if x.shape[-2:] != (height, width):  # sizes not divisible by 4
+        if x.shape[-2:] != (height, width):  # sizes not divisible by 2ⁿ
             x = x[..., :height, :width]
         return torch.sigmoid(x)
 
@@ -70,13 +69,13 @@ class NayerGenerator(nn.Module):
     """Generates images for given class targets from fixed label-text embeddings (no random z)."""
 
     def __init__(self, label_embeddings: torch.Tensor, out_shape: tuple[int, int, int], batch_size: int,
-                 noisy_dim: int = 1000, ngf: int = 64):
+                 noisy_dim: int = 1000, ngf: int = 64, upsamplings: int = 2):
         super().__init__()
         num_classes, embed_dim = label_embeddings.shape
         self.register_buffer("label_embeddings", label_embeddings.detach().float().clone())
         self.embedding_norm = nn.BatchNorm1d(embed_dim)
         self.noisy = NoisyLayer(embed_dim, noisy_dim, math.ceil(batch_size / num_classes), num_classes)
-        self.decoder = Decoder(noisy_dim, out_shape, ngf)
+        self.decoder = Decoder(noisy_dim, out_shape, ngf, upsamplings)
 
     def new_round(self) -> None:
         self.noisy.reinitialize()
@@ -92,10 +91,11 @@ class NoiseGenerator(nn.Module):
     A fresh z is drawn every round and optimised together with the decoder.
     """
 
-    def __init__(self, out_shape: tuple[int, int, int], batch_size: int, z_dim: int = 256, ngf: int = 64):
+    def __init__(self, out_shape: tuple[int, int, int], batch_size: int, z_dim: int = 256, ngf: int = 64,
+                 upsamplings: int = 2):
         super().__init__()
         self.z = nn.Parameter(torch.randn(batch_size, z_dim))
-        self.decoder = Decoder(z_dim, out_shape, ngf)
+        self.decoder = Decoder(z_dim, out_shape, ngf, upsamplings)
 
     @torch.no_grad()
     def new_round(self) -> None:
