@@ -89,7 +89,7 @@ def test_target_limits_are_checked(tmp_path):
     assert load_target("cpu-x86").min_teacher_retention == 0.9
     assert load_target("jetson").min_teacher_agreement == 0.9
     bad = tmp_path / "bad.yaml"
-    bad.write_text((load_target.__globals__["TARGETS_DIR"] / "cpu-x86.yaml").read_text()
+    bad.write_text((load_target.__globals__["targets_dir"]() / "cpu-x86.yaml").read_text()
                    + "min_teacher_retention: 1.5\n")
     with pytest.raises(UserError, match="min_teacher_retention is a fraction"):
         load_target(bad)

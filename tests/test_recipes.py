@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nayer_edge.distill.config import RECIPES_DIR, list_recipes, load_config
+from nayer_edge.distill.config import list_recipes, load_config, recipes_dir
 from nayer_edge.zoo import list_models
 
 PAPER = {  # name: (student, g_steps, rounds per epoch, warm-up rounds, synthesis batch, KD batch, KD steps, lr)
@@ -19,7 +19,7 @@ PAPER = {  # name: (student, g_steps, rounds per epoch, warm-up rounds, synthesi
 
 def test_recipes_dir_holds_the_paper_recipes():
     assert set(PAPER) <= set(list_recipes())
-    assert list_recipes() == sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    assert list_recipes() == sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -27,7 +27,7 @@ def test_every_recipe_loads(name):
     config = load_config(name)
     assert config.student in list_models()
     # by path as well as by name
-    assert load_config(str(RECIPES_DIR / f"{name}.yaml")) == config
+    assert load_config(str(recipes_dir() / f"{name}.yaml")) == config
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -13,12 +13,12 @@ import yaml
 import nayer_edge.deploy.targets as targets_mod
 from nayer_edge.core.errors import UserError
 from nayer_edge.deploy.targets import (
-    TARGETS_DIR,
     Target,
     describe_targets,
     list_targets,
     load_target,
     resolve_alias,
+    targets_dir,
 )
 
 SHIPPED = ["cpu-arm64", "cpu-x86", "jetson-agx-orin", "jetson-orin-nano", "jetson-orin-nx", "jetson-xavier-nx"]
@@ -26,7 +26,7 @@ SHIPPED = ["cpu-arm64", "cpu-x86", "jetson-agx-orin", "jetson-orin-nano", "jetso
 
 def write_target(tmp_path: Path, stem: str = "mine", **changes) -> Path:
     """A copy of cpu-x86 with ``changes`` applied (a value of ... removes the key)."""
-    data = yaml.safe_load((TARGETS_DIR / "cpu-x86.yaml").read_text())
+    data = yaml.safe_load((targets_dir() / "cpu-x86.yaml").read_text())
     for key, value in changes.items():
         if value is ...:
             data.pop(key, None)
@@ -86,7 +86,7 @@ def test_alias_resolves():
 
 
 def test_every_alias_points_at_a_shipped_target():
-    aliases = yaml.safe_load((TARGETS_DIR / "aliases.yaml").read_text())
+    aliases = yaml.safe_load((targets_dir() / "aliases.yaml").read_text())
     assert aliases
     for alias, target in aliases.items():
         assert target in list_targets(), alias

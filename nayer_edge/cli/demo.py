@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .app import app
+from .app import app, console
 from .options import JsonOpt, ResumeOpt
 from .output import fail_on_gates, print_deployment, print_result
 
@@ -21,8 +22,16 @@ def demo(
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     resume: ResumeOpt = False, as_json: JsonOpt = False,
+    teacher_only: Annotated[Optional[Path], typer.Option(
+        "--teacher-only", metavar="DIR", help="Only write the digits teacher (digits_teacher.pt, its .json metadata, "
+        "digits_heldout.npz) into DIR, for a compress of one's own, and stop.")] = None,
 ) -> None:
     """The main job on a built-in teacher: handwritten digits, compressed without their images."""
+    if teacher_only is not None:
+        _teacher_only(teacher_only, as_json, {"--out": out != Path("runs/demo"), "--target": target != "cpu-x86",
+                                              "--time-budget": time_budget is not None, "--epochs": epochs is not None,
+                                              "--seed": seed is not None, "--resume": resume})
+        return
     from ..demo.run import demo as run_demo
     from ..distill.config import chosen_keys, load_config
 
@@ -34,3 +43,24 @@ def demo(
     if not as_json:
         print_deployment(metrics)
     fail_on_gates(metrics)
+
+
+def _teacher_only(folder: Path, as_json: bool, job_options: dict[str, bool]) -> None:
+    from ..core.errors import UserError
+    from ..demo.digits import METADATA_FILE, write_digits_teacher
+
+    given = [name for name, set_ in job_options.items() if set_]
+    if given:
+        raise UserError(f"--teacher-only writes the teacher and stops; {', '.join(given)} belong to the demo's job: "
+                        "drop them, or drop --teacher-only")
+    teacher = write_digits_teacher(folder)
+    result = {"teacher": str(teacher.teacher_path), "metadata": str(folder / METADATA_FILE),
+              "eval_data": str(teacher.eval_path), "teacher_accuracy": teacher.accuracy}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"digits teacher (held-out top-1 {teacher.accuracy:.2%}): {result['teacher']} with "
+                  f"{result['metadata']}; held-out digits: {result['eval_data']}",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"compress it: nayer-edge compress {result['teacher']} --eval-data {result['eval_data']}",
+                  markup=False, highlight=False, soft_wrap=True)

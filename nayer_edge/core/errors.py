@@ -6,12 +6,12 @@ class UserError(Exception):
 
 
 class MissingDependencyError(UserError):
-    """An optional dependency is not installed; the message names the extra to install."""
+    """A dependency imported on demand is not installed; the message names the extra to install, or the package
+    itself for a base dependency (``extra`` None) that a partial install lacks."""
 
-    def __init__(self, package: str, extra: str):
-        super().__init__(
-            f"{package} is not installed; install it with: pip install 'nayer-edge[{extra}]'"
-        )
+    def __init__(self, package: str, extra: str | None):
+        fix = f"pip install 'nayer-edge[{extra}]'" if extra else f"pip install {package} (nayer-edge needs it)"
+        super().__init__(f"{package} is not installed; install it with: {fix}")
 
 
 def first_line(err: BaseException, default: str | None = None, limit: int = 300) -> str:

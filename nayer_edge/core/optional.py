@@ -1,5 +1,6 @@
-"""Optional dependencies: every import of one goes through :func:`require`, which fails in one line that names
-the install extra that brings it (``pip install 'nayer-edge[onnx]'``), not with a traceback.
+"""Dependencies imported on demand (heavy, or only some users need them): every import of one goes through
+:func:`require`, which fails in one line that names what to install (the extra that brings it,
+``pip install 'nayer-edge[bench]'``, or the base dependency a partial install lacks), not with a traceback.
 
 Example::
 
@@ -14,15 +15,15 @@ from types import ModuleType
 
 from .errors import MissingDependencyError
 
-# Top-level module -> (the name a user installs, the extra of pyproject.toml that installs it). A test checks
-# that every extra named here exists there.
-EXTRAS = {
-    "onnx": ("onnx", "onnx"),
-    "onnxruntime": ("onnxruntime", "onnx"),
-    "transformers": ("transformers", "text"),
-    "safetensors": ("safetensors", "text"),
-    "sklearn": ("scikit-learn", "demo"),
-    "skimage": ("scikit-image", "all"),
+# Top-level module -> (the name a user installs, the extra of pyproject.toml that installs it, None for a base
+# dependency imported late only to keep `import nayer_edge` fast). A test checks both against pyproject.toml.
+EXTRAS: dict[str, tuple[str, str | None]] = {
+    "onnx": ("onnx", None),
+    "onnxruntime": ("onnxruntime", None),
+    "transformers": ("transformers", None),
+    "safetensors": ("safetensors", None),
+    "sklearn": ("scikit-learn", None),
+    "skimage": ("scikit-image", "bench"),
 }
 
 

@@ -32,6 +32,9 @@ TEACHER_ARCH = "wrn16_1"
 SPLIT_SEED = 0
 
 
+TEACHER_FILE, METADATA_FILE, EVAL_FILE = "digits_teacher.pt", "digits_teacher.pt.json", "digits_heldout.npz"
+
+
 @dataclass(frozen=True)
 class DigitsTeacher:
     teacher_path: Path
@@ -85,7 +88,7 @@ def train_digits_teacher(epochs: int = 40, seed: int = 0) -> tuple[torch.nn.Modu
 def ensure_digits_teacher(cache_dir: Path | None = None) -> DigitsTeacher:
     """Train the demo teacher once and cache it as TorchScript with its metadata and the held-out split."""
     folder = (cache_dir or default_cache_dir()) / "demo"
-    teacher_path, eval_path, info_path = folder / "digits_teacher.pt", folder / "digits_heldout.npz", folder / "info.json"
+    teacher_path, eval_path, info_path = folder / TEACHER_FILE, folder / EVAL_FILE, folder / "info.json"
     if teacher_path.is_file() and eval_path.is_file() and info_path.is_file():
         return DigitsTeacher(teacher_path, eval_path, json.loads(info_path.read_text())["accuracy"])
     try:
@@ -103,8 +106,29 @@ def ensure_digits_teacher(cache_dir: Path | None = None) -> DigitsTeacher:
     torch.jit.save(scripted, buffer)
     atomic_write_bytes(teacher_path, buffer.getvalue())
     metadata = {"classes": DIGIT_CLASSES, "input_shape": list(INPUT_SHAPE), "mean": list(MEAN), "std": list(STD)}
-    atomic_write_text(folder / "digits_teacher.pt.json", json.dumps(metadata, indent=2))
+    atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=2))
     _, _, x_test, y_test = load_digits_split()
     save_npz(eval_path, x_test, y_test)
     atomic_write_text(info_path, json.dumps({"accuracy": acc, "arch": TEACHER_ARCH}))
     return DigitsTeacher(teacher_path, eval_path, acc)
+
+
+def write_digits_teacher(out_dir: Path, cache_dir: Path | None = None) -> DigitsTeacher:
+    """The demo teacher as the files a job of one's own takes, copied into ``out_dir`` from the cache (trained there
+    first when needed): the TorchScript teacher, its metadata sidecar and the held-out digits.
+
+    Example::
+
+        teacher = write_digits_teacher(Path("teacher"))
+        # nayer-edge compress teacher/digits_teacher.pt --eval-data teacher/digits_heldout.npz --target cpu-x86
+    """
+    cached = ensure_digits_teacher(cache_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot make the folder {out_dir} for the demo teacher ({err.strerror or type(err).__name__});"
+                        " choose a folder you can write to") from None
+    # The teacher last: a teacher file never stands without the metadata that says its input shape.
+    for name in (METADATA_FILE, EVAL_FILE, TEACHER_FILE):
+        atomic_write_bytes(out_dir / name, (cached.teacher_path.parent / name).read_bytes())
+    return DigitsTeacher(out_dir / TEACHER_FILE, out_dir / EVAL_FILE, cached.accuracy)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ..core.errors import UserError
+from ..core.data_dirs import data_dir
 
 __all__ = ["DEVICE_SCRIPTS", "device_scripts_dir", "device_module"]
 
@@ -19,13 +19,7 @@ DEVICE_SCRIPTS = ("build_engine.py", "check.py", "bundle_io.py", "trt_runner.py"
 def device_scripts_dir() -> Path:
     """Where the device-side scripts are: ``export/`` in a source checkout (editable install), else
     ``<prefix>/share/nayer-edge/export`` where a wheel's data-files put them."""
-    candidates = [Path(__file__).resolve().parents[2] / "export",
-                  Path(sys.prefix) / "share" / "nayer-edge" / "export"]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in DEVICE_SCRIPTS):
-            return folder
-    raise UserError(f"the device scripts ({', '.join(DEVICE_SCRIPTS)}) are not installed: looked in "
-                    f"{' and '.join(str(c) for c in candidates)}; reinstall nayer-edge")
+    return data_dir("export", DEVICE_SCRIPTS)
 
 
 def device_module(name: str) -> ModuleType:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.data_dirs import data_dir
 from ..core.errors import UserError
 from ..core.strict import closest_name, from_dict, load_yaml, to_dict
 
-TARGETS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "targets"
 ALIASES_FILE = "aliases.yaml"
 
 # What each quantization format means; the quantizer produces exactly this.
@@ -141,8 +141,13 @@ _REQUIRED = [
 ]
 
 
+def targets_dir() -> Path:
+    """The shipped targets: ``recipes/targets/`` of a checkout, or where a wheel installed it (core.data_dirs)."""
+    return data_dir("recipes/targets", [ALIASES_FILE])
+
+
 def _aliases() -> dict[str, str]:
-    path = TARGETS_DIR / ALIASES_FILE
+    path = targets_dir() / ALIASES_FILE
     if not path.is_file():
         return {}
     data = load_yaml(path)
@@ -154,7 +159,7 @@ def _aliases() -> dict[str, str]:
 
 def list_targets() -> list[str]:
     """Names of the shipped targets (file stems in ``recipes/targets/``), without aliases."""
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml") if p.name != ALIASES_FILE)
+    return sorted(p.stem for p in targets_dir().glob("*.yaml") if p.name != ALIASES_FILE)
 
 
 def resolve_alias(name: str) -> str:
@@ -182,7 +187,7 @@ def load_target(name_or_path: str | Path) -> Target:
         path = Path(name_or_path)
     else:
         name = resolve_alias(str(name_or_path))
-        path = TARGETS_DIR / f"{name}.yaml"
+        path = targets_dir() / f"{name}.yaml"
         if name == ALIASES_FILE.removesuffix(".yaml") or not path.is_file():
             choices = list_targets() + sorted(_aliases())
             raise UserError(

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.data_dirs import data_dir
 from ..core.errors import UserError
 from ..core.strict import closest_name, from_dict, load_yaml, to_dict
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # Most CPU threads a run may ask for: far above any machine, far below what torch.set_num_threads overflows on.
 MAX_THREADS = 1024
 MAX_QAT_EPOCHS = 1000
@@ -146,8 +146,13 @@ class DistillConfig:
         return to_dict(self)
 
 
+def recipes_dir() -> Path:
+    """The built-in recipes: ``recipes/`` of a checkout, or where a wheel installed it (core.data_dirs)."""
+    return data_dir("recipes", ["demo-digits.yaml"])
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
 def chosen_keys(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> set[str]:
@@ -155,7 +160,7 @@ def chosen_keys(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     keys = {k for k, v in (overrides or {}).items() if v is not None}
     if recipe is not None:
         path = Path(recipe)
-        keys |= set(load_yaml(path if path.suffix else RECIPES_DIR / f"{recipe}.yaml"))
+        keys |= set(load_yaml(path if path.suffix else recipes_dir() / f"{recipe}.yaml"))
     return keys
 
 
@@ -165,7 +170,7 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     if recipe is not None:
         path = Path(recipe)
         if not path.suffix:
-            path = RECIPES_DIR / f"{recipe}.yaml"
+            path = recipes_dir() / f"{recipe}.yaml"
             if not path.is_file():
                 raise UserError(f"unknown recipe '{recipe}'{closest_name(str(recipe), list_recipes())}; "
                                 f"available: {', '.join(list_recipes())}")
