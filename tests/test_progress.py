@@ -128,16 +128,24 @@ def test_a_failed_stage_says_nothing_on_the_console_and_is_logged(tmp_path):
 
 def test_live_bars_on_a_terminal(tmp_path):
     console = _console(terminal=True)
-    progress = Progress([LiveBars(console)])
+    bars = LiveBars(console)
+    progress = Progress([bars])
     with progress:
         with progress.stage("distill", epochs=3, start_epoch=0):
             for epoch in (1, 2, 3):
                 progress.steps("synthesis", 1, 1)
                 progress.steps("kd", 10, 20)
                 progress.emit("epoch", epoch=epoch, epochs=3, eta_s=1.0, loss_kd=0.25, agreement=0.75)
+            shown = {task.description: task for task in bars.bars.tasks}
+            assert (shown["epochs"].completed, shown["epochs"].total) == (3, 3)
+            assert shown["epochs"].fields["info"] == "kd 0.25 · agreement 75.0%"
+            assert (shown["kd"].completed, shown["kd"].total) == (10, 20)
+            bars.bars.refresh()
+        assert not bars.running and not bars.bars.tasks  # no stage open: no live display
         with progress.stage("quantize"), progress.stage("qat"):
             progress.steps("qat", 5, 10, logged=True)
+            assert [(t.description, t.completed) for t in bars.bars.tasks] == [("quantize", 0), ("qat", 5)]
     text = console.file.getvalue()
+    assert "kd 0.25 · agreement 75.0%" in text
     assert "stage distill done in" in text and "stage qat done in" in text and "stage quantize done in" in text
-    assert "agreement 75.0%" in text and "epochs" in text
-    assert not progress.sinks[0].running
+    assert not bars.running

@@ -80,10 +80,10 @@ class Progress:
             yield
         except BaseException as err:
             reason = "interrupted" if isinstance(err, Interrupted) else "error"
-            self.emit("stage", stage=name, status="failed", seconds=time.perf_counter() - began, reason=reason,
-                      error=_error_text(err))
+            self.emit("stage", stage=name, status="failed", seconds=round(time.perf_counter() - began, 3),
+                      reason=reason, error=_error_text(err))
             raise
-        self.emit("stage", stage=name, status="done", seconds=time.perf_counter() - began)
+        self.emit("stage", stage=name, status="done", seconds=round(time.perf_counter() - began, 3))
 
     def steps(self, stage: str, done: int, total: int | None, *, logged: bool = False) -> None:
         """Steps of ``stage`` done: the bars move; with ``logged``, the logs get a step event at every tenth of

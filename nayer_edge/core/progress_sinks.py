@@ -38,8 +38,10 @@ def duration(seconds: float) -> str:
 
 
 def _losses(event: dict[str, Any]) -> list[str]:
-    return [f"{k.removeprefix('loss_')} {v:.4g}" for k, v in event.items()
-            if k.startswith("loss_") and k not in HIDDEN_LOSSES and isinstance(v, (int, float))]
+    """The losses, the student's (kd) first."""
+    shown = [(k, v) for k, v in event.items()
+             if k.startswith("loss_") and k not in HIDDEN_LOSSES and isinstance(v, (int, float))]
+    return [f"{k.removeprefix('loss_')} {v:.4g}" for k, v in sorted(shown, key=lambda kv: kv[0] != "loss_kd")]
 
 
 def _share(value: float | None) -> str:
