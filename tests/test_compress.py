@@ -20,7 +20,8 @@ RELEASE = [*FAST[:FAST.index("--epochs")], "--epochs", "8", *FAST[FAST.index("--
 def released(digits_teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress") / "release"
     result = run_cli("compress", str(digits_teacher.path), "--target", "cpu-x86", "--out", str(out),
-                     "--eval-data", str(digits_teacher.eval_path), "--json", *RELEASE)
+                     "--eval-data", str(digits_teacher.eval_path), "--json", "--log-json",
+                     str(out.parent / "events.jsonl"), *RELEASE)
     return out, result
 
 
@@ -44,6 +45,20 @@ def test_compress_cpu_int8_passes(released):
     report = (out / "report.md").read_text()
     assert "PASS" in report and "ONNX INT8" in report and "![samples](samples.png)" in report
     assert "| PTQ |" in report and "| QAT |" in report
+
+
+def test_compress_logs_every_stage_as_json_lines(released):
+    out, result = released
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in (out.parent / "events.jsonl").read_text().splitlines()]
+    done = [e["stage"] for e in events if e["event"] == "stage" and e["status"] == "done"]
+    assert done == ["distill", "artefacts", "export", "qat", "quantize", "verify"] or \
+        done == ["plan", "distill", "artefacts", "export", "qat", "quantize", "verify"], done
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, 9))
+    qat_steps = [e for e in events if e["event"] == "steps"]
+    assert qat_steps and qat_steps[-1]["done"] == qat_steps[-1]["total"] and len(qat_steps) <= 11
+    assert events[-1]["event"] == "result" and events[-1]["passed"] and events[-1]["exit_code"] == 0
+    assert events[-1]["int8_accuracy"] == json.loads(result.stdout)["int8_accuracy"]
 
 
 def test_deploy_for_jetson_makes_a_checked_bundle(released, digits_teacher, tmp_path):

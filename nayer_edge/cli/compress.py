@@ -20,6 +20,7 @@ from .options import (
     with_options,
 )
 from .output import fail_on_gates, print_deployment, print_result
+from .progress import reporting
 
 
 # One parameter per command-line option (typer reads the options from the signature): the count is the interface.
@@ -39,10 +40,12 @@ def compress(
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
     from ..deploy.compress import compress as run_compress
 
-    metrics = run_compress(teacher, target=target, out_dir=out, precision=precision.value if precision else None,
-                           qat=qat, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                           min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
-                           **distill_kwargs(options, as_json))
+    with reporting("compress", options, as_json) as progress:
+        metrics = run_compress(teacher, target=target, out_dir=out, precision=precision.value if precision else None,
+                               qat=qat, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                               min_teacher_retention=min_teacher_retention,
+                               min_teacher_agreement=min_teacher_agreement, **distill_kwargs(options, progress))
+        progress.result("compress", metrics)
     print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:
         print_deployment(metrics)

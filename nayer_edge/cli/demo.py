@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from .app import app, console
-from .options import JsonOpt, ResumeOpt
+from .options import LOG_OPTIONS, JsonOpt, ResumeOpt, with_options
 from .output import fail_on_gates, print_deployment, print_result
+from .progress import reporting
 
 
 @app.command()
+@with_options(LOG_OPTIONS)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
@@ -25,6 +26,7 @@ def demo(
     teacher_only: Annotated[Optional[Path], typer.Option(
         "--teacher-only", metavar="DIR", help="Only write the digits teacher (digits_teacher.pt, its .json metadata, "
         "digits_heldout.npz) into DIR, for a compress of one's own, and stop.")] = None,
+    *, options: dict[str, Any],
 ) -> None:
     """The main job on a built-in teacher: handwritten digits, compressed without their images."""
     if teacher_only is not None:
@@ -37,8 +39,10 @@ def demo(
 
     overrides = {"time_budget": time_budget, "epochs": epochs, "seed": seed}
     config = load_config("demo-digits", overrides)
-    metrics = run_demo(out, config=config, show_progress=not as_json or sys.stderr.isatty(), target=target,
-                       resume=resume, user_set=chosen_keys("demo-digits", overrides))
+    with reporting("demo", options, as_json) as progress:
+        metrics = run_demo(out, config=config, show_progress=progress, target=target, resume=resume,
+                           user_set=chosen_keys("demo-digits", overrides))
+        progress.result("demo", metrics)
     print_result(metrics, as_json, f"demo: digits teacher → student for {metrics['target']}, no training data")
     if not as_json:
         print_deployment(metrics)

@@ -15,6 +15,7 @@ from .options import (
     with_options,
 )
 from .output import print_result
+from .progress import reporting
 
 
 @app.command()
@@ -24,5 +25,7 @@ def distill(teacher: TeacherArg, out: OutOpt = Path("runs/distill"), as_json: Js
     """Distil TEACHER into a small student without any training data (NAYER)."""
     from ..distill.run import distill as run_distill
 
-    metrics = run_distill(teacher, out_dir=out, **distill_kwargs(options, as_json))
+    with reporting("distill", options, as_json) as progress:
+        metrics = run_distill(teacher, out_dir=out, **distill_kwargs(options, progress))
+        progress.result("distill", metrics)
     print_result(metrics, as_json, "distillation")

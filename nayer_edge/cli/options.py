@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect as pyinspect
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -111,8 +110,13 @@ SCHEDULE_OPTIONS = _options(
 # What a training run adds (distill and compress).
 RUN_OPTIONS = _options(eval_data=(EvalOpt, None), compile=(CompileOpt, None), schedule=(ScheduleOpt, None),
                        resume=(ResumeOpt, False))
+LogJsonOpt = Annotated[Optional[Path], typer.Option("--log-json", help="Also append every progress event (stages, epochs, rounds with -v, the result) to this file as JSON lines, flushed as they happen.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on the console: only the result and errors (--log-json still gets every event).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also a line per synthesis round (round, kept loss, seconds); with --json, progress lines on stderr even when it is not a terminal.")]
+# How a command reports while it runs (see cli/progress.py).
+LOG_OPTIONS = _options(log_json=(LogJsonOpt, None), quiet=(QuietOpt, False), verbose=(VerboseOpt, False))
 # What a distillation run takes, for `distill` and `compress` alike.
-DISTILL_OPTIONS = (TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS)
+DISTILL_OPTIONS = (TEACHER_OPTIONS, SCHEDULE_OPTIONS, RUN_OPTIONS, LOG_OPTIONS)
 
 
 def with_options(*groups: tuple[pyinspect.Parameter, ...]) -> Any:
@@ -155,13 +159,12 @@ def config_from(options: dict[str, Any]) -> tuple[Any, set[str]]:
     return load_config(options["recipe"], overrides), chosen_keys(options["recipe"], overrides)
 
 
-def distill_kwargs(options: dict[str, Any], as_json: bool) -> dict[str, Any]:
+def distill_kwargs(options: dict[str, Any], progress: Any) -> dict[str, Any]:
     """The keywords ``distill`` and ``compress`` give the library alike: the config and the settings chosen, the
-    clock, the eval data, resume, progress and the teacher's description."""
+    clock, the eval data, resume, the ``progress`` (cli/progress.py) and the teacher's description."""
     config, chosen = config_from(options)
     return {"config": config, "user_set": chosen, "clock_start": clock_start(), "eval_data": options["eval_data"],
-            "resume": options["resume"], "show_progress": not as_json or sys.stderr.isatty(),
-            **teacher_kwargs(options)}
+            "resume": options["resume"], "show_progress": progress, **teacher_kwargs(options)}
 
 
 def clock_start() -> float:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from .app import app, console
-from .options import JsonOpt, Layout, TrustCodeOpt, TrustOpt
+from .options import LOG_OPTIONS, JsonOpt, Layout, TrustCodeOpt, TrustOpt, with_options
+from .progress import reporting
 
 
 # One parameter per command-line option (typer reads the options from the signature): the count is the interface.
 @app.command("quantize")
+@with_options(LOG_OPTIONS)
 def quantize_command(
     run_dir: Annotated[Path, typer.Argument(help="A `nayer-edge distill` output folder.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="INT8 ONNX file \\[default: RUN_DIR/student.int8.onnx].")] = None,
@@ -25,14 +26,16 @@ def quantize_command(
     trust_code: TrustCodeOpt = False,
     calibration: Annotated[int, typer.Option("--calibration", help="Synthetic samples to calibrate on.")] = 512,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labelled real data to report FP32 vs INT8 top-1.")] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, *, options: dict[str, Any],
 ) -> None:
     """INT8 for a distilled student, calibrated (and with --qat fine-tuned) on the run's synthetic samples."""
     from ..quantize.run import quantize
 
-    result = quantize(run_dir, out=out, layout=layout.value, qat=qat, teacher=teacher,
-                      teacher_options={"trust_pickle": trust_pickle}, calibration=calibration, eval_data=eval_data,
-                      show_progress=not as_json or sys.stderr.isatty(), trust_code=trust_code)
+    with reporting("quantize", options, as_json) as progress:
+        result = quantize(run_dir, out=out, layout=layout.value, qat=qat, teacher=teacher,
+                          teacher_options={"trust_pickle": trust_pickle}, calibration=calibration,
+                          eval_data=eval_data, show_progress=progress, trust_code=trust_code)
+        progress.result("quantize", result)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -14,6 +14,7 @@ from ..core.atomic import atomic_write_text, remove_temporaries
 from ..core.errors import UserError
 from ..core.interrupt import names_checkpoint
 from ..core.optional import require
+from ..core.progress import Progress, as_progress
 from ..distill import run_folder as rf
 from ..distill.config import DistillConfig
 from ..distill.distributed import launch_env
@@ -37,10 +38,11 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
              eval_data: str | Path | None = None, precision: str | None = None, qat: bool | None = None,
              max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
              min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
-             show_progress: bool = True, cache_dir: Path | None = None, resume: bool = False,
+             show_progress: bool | Progress = True, cache_dir: Path | None = None, resume: bool = False,
              user_set: Any = None, clock_start: float | None = None, **teacher_options: Any) -> dict[str, Any]:
     """Run every stage; returns the metrics, with ``passed`` false when a gate failed. ``resume``: continue
-    the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.run.distill`).
+    the interrupted distillation in ``out_dir`` (see :func:`~nayer_edge.distill.run.distill`). ``show_progress``:
+    the events of every stage (see :func:`~nayer_edge.core.progress.as_progress`).
 
     Gates: ``student_trained`` (at least one KD step), ``teacher_retention`` (deployed top-1 against the
     teacher's; needs eval data) or without eval data ``teacher_agreement_synthetic`` (see :mod:`nayer_edge.deploy.gates`),
@@ -59,13 +61,14 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
     started = time.perf_counter() if clock_start is None else clock_start
     # With a time budget, the deployment's share is kept back from the distillation (see deployment_seconds).
     reserve = deployment_seconds(plan, config) if config.time_budget is not None else 0.0
-    metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=show_progress,
+    progress = as_progress(show_progress)
+    metrics = distill(teacher, out_dir=out_dir, config=config, eval_data=eval_data, show_progress=progress,
                       cache_dir=cache_dir, resume=resume, user_set=user_set, clock_start=started,
                       reserve_after=reserve, **teacher_options)
     # Aborted while deploying: the distillation's checkpoint is whole, and --resume redoes only the deployment.
     with names_checkpoint(Path(out_dir) / CHECKPOINT):
         # The student factory in student.json is the one named in this call's config: trusted.
-        run = DeployInputs(Path(out_dir), teacher, teacher_options, eval_data, show_progress, trust_code=True,
+        run = DeployInputs(Path(out_dir), teacher, teacher_options, eval_data, progress, trust_code=True,
                            qat_seconds=QAT_SECONDS_SHARE * config.time_budget if config.time_budget else None)
         return _deploy(run, plan, metrics)
 
@@ -75,7 +78,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
 def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = None, precision: str | None = None,
            qat: bool | None = None, max_accuracy_drop: float | None = None, max_latency_ms: float | None = None,
            min_teacher_retention: float | None = None, min_teacher_agreement: float | None = None,
-           teacher: str | Path | None = None, show_progress: bool = False, trust_code: bool = False,
+           teacher: str | Path | None = None, show_progress: bool | Progress = False, trust_code: bool = False,
            **teacher_options: Any) -> dict[str, Any]:
     """Every stage after distillation, on an existing ``nayer-edge distill`` folder: ONNX for the target's
     precision (INT8 with QAT, FP16, FP32), verification with gates, the report, and for a TensorRT target the
@@ -97,8 +100,8 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
         raise UserError(f"{run_dir}/metrics.json: expected a JSON object, got {type(metrics).__name__}; re-run distill")
     if eval_data is not None:
         metrics["teacher_accuracy"] = None  # measured again on this call's eval data, which may not be the run's
-    return _deploy(DeployInputs(run_dir, teacher, teacher_options, eval_data, show_progress, trust_code), plan,
-                   metrics)
+    return _deploy(DeployInputs(run_dir, teacher, teacher_options, eval_data, as_progress(show_progress), trust_code),
+                   plan, metrics)
 
 
 # What the deployment stages cost on a CPU of the development machine (BENCHMARKS.md, the planner section):
@@ -174,7 +177,7 @@ class DeployInputs:
     teacher: str | Path | None
     teacher_options: dict[str, Any]
     eval_data: str | Path | None
-    show_progress: bool
+    progress: Progress
     trust_code: bool
     qat_seconds: float | None = None
 
@@ -195,16 +198,20 @@ def _deploy(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any]) ->
     _check_memories(run.out_dir, needs_samples=plan.precision == "int8")
     teacher_model = _teacher_for(run, plan, metrics)
     models = _build_models(run, plan, teacher_model)
-    results = _verify_models(run, plan, models)
+    with run.progress.stage("verify"):
+        results = _verify_models(run, plan, models)
+        proxy = plan.min_teacher_agreement is not None
+        agreement = _synthetic_agreement(run.out_dir, models.deployed, teacher_model) if proxy else None
     final = results[plan.precision]
-    proxy = plan.min_teacher_agreement is not None
-    agreement = _synthetic_agreement(run.out_dir, models.deployed, teacher_model) if proxy else None
     against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy,
                                     deployed_agreement=agreement, min_retention=plan.min_teacher_retention,
                                     min_agreement=plan.min_teacher_agreement)
     release = release_summary(metrics, against_teacher, min_retention=plan.min_teacher_retention,
                               min_agreement=plan.min_teacher_agreement)
-    bundle = _bundle(run, plan, models.deployed, results["fp32"].accuracy, release) if plan.on_device else None
+    bundle = None
+    if plan.on_device:
+        with run.progress.stage("bundle"):
+            bundle = _bundle(run, plan, models.deployed, results["fp32"].accuracy, release)
     final_gates = against_teacher + list(final.gates)
     if bundle is not None:
         failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
@@ -233,17 +240,20 @@ def _build_models(run: DeployInputs, plan: DeploymentPlan, teacher_model: Any) -
     """The FP32 ONNX export, then the model at the plan's precision (INT8 by ``quantize``, FP16 converted)."""
     spec, precision, qat = plan.target, plan.precision, plan.qat
     batch = None if spec.dynamic_batch else spec.batch
-    exported = export(run.out_dir, run.out_dir / rf.STUDENT_ONNX, batch=batch, opset=spec.opset,
-                      trust_code=run.trust_code)
+    with run.progress.stage("export"):
+        exported = export(run.out_dir, run.out_dir / rf.STUDENT_ONNX, batch=batch, opset=spec.opset,
+                          trust_code=run.trust_code)
     int8: dict[str, Any] | None = None
     if precision == "int8":
-        int8 = quantize(run.out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
-                        teacher=teacher_model if qat else None, teacher_options=run.teacher_options,
-                        eval_data=run.eval_data, batch=batch, opset=spec.opset, show_progress=run.show_progress,
-                        trust_code=run.trust_code, qat_seconds=run.qat_seconds)
+        with run.progress.stage("quantize"):
+            int8 = quantize(run.out_dir, layout="tensorrt" if spec.quantization == "qdq-trt" else "ort", qat=qat,
+                            teacher=teacher_model if qat else None, teacher_options=run.teacher_options,
+                            eval_data=run.eval_data, batch=batch, opset=spec.opset, show_progress=run.progress,
+                            trust_code=run.trust_code, qat_seconds=run.qat_seconds)
         deployed = int8["int8_onnx"]
     elif precision == "fp16":
-        deployed = str(to_fp16(exported["onnx"], run.out_dir / rf.STUDENT_FP16_ONNX))
+        with run.progress.stage("fp16"):
+            deployed = str(to_fp16(exported["onnx"], run.out_dir / rf.STUDENT_FP16_ONNX))
     else:
         deployed = exported["onnx"]
     return _Models(exported, int8, deployed)

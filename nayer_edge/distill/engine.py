@@ -29,7 +29,7 @@ from .config import DistillConfig
 from .distributed import SINGLE, DistContext, rank_seed
 from .losses import adversarial_loss, kd_divergence
 from .performance import channels_last_input, maybe_compile, memory_device, to_channels_last, use_channels_last
-from .run_state import EpochReport, RunState, epoch_mean, map_tensors
+from .run_state import EpochReport, RoundReport, RunState, epoch_mean, map_tensors
 
 
 class Distiller:
@@ -293,7 +293,8 @@ class Distiller:
             on_epoch: Callable[[EpochReport], None] | None = None,
             on_step: Callable[[str, int, int], None] | None = None,
             checkpoint: Callable[["Distiller"], None] | None = None,
-            stop: Callable[[], bool] | None = None) -> RunState:
+            stop: Callable[[], bool] | None = None,
+            on_round: Callable[[RoundReport], None] | None = None) -> RunState:
         """Run (or continue) the schedule; stops early, consistently, when the time budget is spent.
 
         ``stop`` is polled at every safe point (the start of an epoch, the end of each synthesis round and of
@@ -302,7 +303,7 @@ class Distiller:
 
         Distributed, every rank calls ``run``; ``checkpoint`` and ``stop`` are called on every rank at the same
         points (``checkpoint`` gathers the ranks' own states, see :meth:`state_dict`; ``stop`` must agree on
-        every rank), ``eval_data`` and ``on_epoch`` are meant for rank 0 only."""
+        every rank), ``eval_data``, ``on_epoch`` and ``on_round`` are meant for rank 0 only."""
         cfg = self.cfg
         state = self.state
         started = time.perf_counter() - state.elapsed
@@ -345,9 +346,13 @@ class Distiller:
                 if tick():
                     state.stopped_by = "time_budget"
                     break
-                for k, v in self.synthesize(adversarial=cfg.adv_weight > 0 and not warm, out_of_time=in_round).items():
+                round_started = time.perf_counter()
+                kept = self.synthesize(adversarial=cfg.adv_weight > 0 and not warm, out_of_time=in_round)
+                for k, v in kept.items():
                     losses.setdefault(k, []).append(v)
                 state.round = r + 1
+                if on_round:
+                    on_round(RoundReport(epoch + 1, r + 1, rounds, kept, time.perf_counter() - round_started))
                 if on_step:
                     on_step("synthesis", r + 1, rounds)
                 if interrupted():

@@ -21,6 +21,7 @@ from ..core.errors import UserError, first_line
 from ..core.evaluate import accuracy
 from ..core.interrupt import Interrupted, StopRequest, graceful_stop, names_checkpoint
 from ..core.normalize import NormalizedModel
+from ..core.progress import Progress, as_progress
 from ..inputs.evaldata import load_eval_data
 from ..inputs.teacher import load_teacher
 from ..synthesis.memory import SampleMemory
@@ -40,10 +41,10 @@ from .distributed import quiet_other_ranks, rank_seed, read_bytes_on_main
 from .engine import Distiller
 from .guarded_teacher import GuardedTeacher
 from .planner import Plan, needs_plan, user_set_keys
-from .progress import RichProgress
+from .progress import LoopProgress
 from .run_folder import CHECKPOINT, HOLDOUT, MEMORY, recorded_teacher_sha256
 from .run_inputs import RunInputs, RunParts, check_student, label_embeddings
-from .run_plan import final_reserve, make_plan, print_plan
+from .run_plan import final_reserve, make_plan, show_plan
 from .run_results import run_metrics, write_artefacts
 
 # Seconds within which a repeated signal counts as the same one under torchrun (see StopRequest).
@@ -78,12 +79,12 @@ def _seed_everything(seed: int) -> None:
 
 
 # Keyword-only options, one per command-line option of the command it backs: the library's public API. Of its
-# 84 lines, 25 are its documentation; the body is the validation, then the run.
+# 88 lines, 28 are its documentation; the body is the validation, then the run.
 def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig | None = None,
             arch: str | None = None, classes: list[str] | None = None,
             input_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
             std: tuple[float, ...] | None = None, trust_pickle: bool = False,
-            eval_data: str | Path | None = None, resume: bool = False, show_progress: bool = True,
+            eval_data: str | Path | None = None, resume: bool = False, show_progress: bool | Progress = True,
             cache_dir: Path | None = None, user_set: Collection[str] | None = None, clock_start: float | None = None,
             reserve_after: float = 0.0) -> dict[str, Any]:
     """Distil ``teacher`` into ``config.student`` without training data; returns the metrics.
@@ -93,6 +94,9 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     ``config.time_budget`` (:mod:`nayer_edge.distill.planner`). The budget bounds the whole call, counted from
     ``clock_start`` (a ``time.perf_counter()`` value; default: the call), less ``reserve_after`` seconds the caller
     needs after it returns.
+
+    ``show_progress``: a :class:`~nayer_edge.core.progress.Progress` gets the run's events (stages, epochs, rounds
+    with ``verbose``); ``True``: on stderr, live bars on a terminal and one line per event elsewhere; ``False``: none.
 
     Everything is validated before the output folder is touched. Example::
 
@@ -145,7 +149,8 @@ def distill(teacher: str | Path, *, out_dir: str | Path, config: DistillConfig |
     try:
         with graceful_stop(TORCHRUN_REPEAT_WINDOW if dist.enabled else 0.0) as stop:
             run = RunInputs(config=config, out_dir=out_dir, device=device, loaded=loaded, class_names=class_names,
-                            eval_set=eval_set, embeddings=embeddings, resume=resume, show_progress=show_progress,
+                            eval_set=eval_set, embeddings=embeddings, resume=resume,
+                            progress=as_progress(show_progress) if main_rank else Progress(),
                             arch=arch, started=started, user_set=keys, reserve_after=reserve_after)
             metrics = _distill_run(dist, run, stop)
             signalled = dist.all_max(stop.signum)
@@ -190,11 +195,11 @@ def _distill_run(dist: Any, run: RunInputs, stop: StopRequest) -> dict[str, Any]
     student_module = NormalizedModel(student, spec.mean, spec.std)
     if plan is None and checkpoint is None and needs_plan(config, run.user_set):
         # Made once, on rank 0, and shared: every rank runs the same schedule.
-        plan = Plan.from_dict(dist.on_main(lambda: make_plan(
-            dc_replace(run, config=config), teacher_module, student_module, dist, run.eval_samples).to_dict()))
+        with run.progress.stage("plan"):
+            plan = Plan.from_dict(dist.on_main(lambda: make_plan(
+                dc_replace(run, config=config), teacher_module, student_module, dist, run.eval_samples).to_dict()))
         config = plan.apply(config)
-        if run.show_progress and dist.is_main:
-            print_plan(plan)
+        show_plan(run.progress, plan)
     run = dc_replace(run, config=config)
     if dist.enabled:
         # The same student on every rank; from here on each rank draws its own generators and noisy layers.
@@ -266,8 +271,9 @@ def _build_and_run(dist: Any, run: RunInputs, parts: RunParts, stop: StopRequest
         return dist.broadcast_object(None)
     if not parts.written and not run.resume:
         (run.out_dir / CHECKPOINT).unlink(missing_ok=True)  # an earlier run's: stopped before its first epoch ended
-    metrics = run_metrics(dist, run, parts, distiller, state, notes, teacher_accuracy, resolved["plan"])
-    write_artefacts(run, parts, distiller, state, resolved, metrics)
+    with run.progress.stage("artefacts"):
+        metrics = run_metrics(dist, run, parts, distiller, state, notes, teacher_accuracy, resolved["plan"])
+        write_artefacts(run, parts, distiller, state, resolved, metrics)
     return dist.broadcast_object(metrics)
 
 
@@ -356,21 +362,17 @@ def _train(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stop: Sto
                             f"({spent:.0f} s of setup, {run.reserve_after:.0f} s kept for what "
                             f"follows); use a larger --time-budget")
         distiller.loop_budget = distiller.state.elapsed + left
-    if run.show_progress and dist.is_main:
-        with RichProgress(config.epochs, distiller.state.epoch, time_budget=config.time_budget) as bar:
-            try:
-                state = distiller.run(run.eval_set, on_epoch=bar.on_epoch, on_step=bar.on_step,
-                                      checkpoint=save_checkpoint, stop=stop_now)
-            except UserError:
-                bar.progress.live.transient = True  # the bar goes: the error line alone says what happened
-                raise
-    else:
-        state = distiller.run(run.eval_set, checkpoint=save_checkpoint, stop=stop_now)
-    if state.stopped_by == "interrupted":
-        dist.barrier()  # no rank exits (and has torchrun stop the others) before rank 0 has written the checkpoint
-        if dist.is_main:
-            parts.memory_path.unlink(missing_ok=True)
-        raise Interrupted(stop.agreed, graceful=True, checkpoint=out_dir / CHECKPOINT, where=_position(state, config))
+    loop = LoopProgress(run.progress, start_epoch=distiller.state.epoch, time_budget=config.time_budget,
+                        clock_start=run.started)
+    with run.progress.stage("distill", epochs=config.epochs, start_epoch=distiller.state.epoch):
+        state = distiller.run(run.eval_set, on_epoch=loop.on_epoch, on_step=loop.on_step, on_round=loop.on_round,
+                              checkpoint=save_checkpoint, stop=stop_now)
+        if state.stopped_by == "interrupted":
+            dist.barrier()  # no rank exits (and has torchrun stop the others) before rank 0 has written the checkpoint
+            if dist.is_main:
+                parts.memory_path.unlink(missing_ok=True)
+            raise Interrupted(stop.agreed, graceful=True, checkpoint=out_dir / CHECKPOINT,
+                              where=_position(state, config))
     return state
 
 

@@ -27,7 +27,7 @@ class RunInputs:
     eval_set: Any  # (images, labels) on rank 0 with --eval-data, else None
     embeddings: torch.Tensor | None
     resume: bool
-    show_progress: bool
+    progress: Any  # the Progress events go to (silent on ranks other than 0)
     arch: str | None
     started: float  # perf_counter() the budget counts from
     user_set: set[str]  # the settings the user chose: the planner keeps them

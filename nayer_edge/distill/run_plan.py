@@ -13,6 +13,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.normalize import NormalizedModel
+from ..core.progress import Progress
 from ..inputs.teacher import load_teacher
 from ..zoo import build_student
 from .config import DistillConfig
@@ -67,7 +68,7 @@ def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: 
                     0.0, 0.0, 0.0, 0.0, 0.0, 0, ("every schedule setting is set: nothing to plan",))
     embeddings = label_embeddings(config, class_names, cache_dir)
     run = RunInputs(config=config, out_dir=Path(), device=device, loaded=loaded, class_names=class_names,
-                    eval_set=None, embeddings=embeddings, resume=False, show_progress=False, arch=arch,
+                    eval_set=None, embeddings=embeddings, resume=False, progress=Progress(), arch=arch,
                     started=started, user_set=keys, reserve_after=0.0)
     return make_plan(run, GuardedTeacher(loaded.model, spec.mean, spec.std),
                       NormalizedModel(student, spec.mean, spec.std), SINGLE, eval_samples)
@@ -114,10 +115,9 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
                         f"use at least --time-budget {least:g}") from None
 
 
-def print_plan(plan: Any) -> None:
-    from rich.console import Console
+def show_plan(progress: Progress, plan: Any) -> None:
+    """The plan as a table (and its notes) on the console, as a ``plan`` event in a log."""
+    from rich.console import Group
 
-    console = Console(stderr=True)
-    console.print(plan_table(plan))
-    for note in plan.notes:
-        console.print(f"[yellow]plan:[/] {note}")
+    notes = [f"[yellow]plan:[/] {note}" for note in plan.notes]
+    progress.show(Group(plan_table(plan), *notes), "plan", **plan.to_dict())

@@ -1,5 +1,5 @@
-"""Where a distillation run stands (:class:`RunState`, saved in every checkpoint) and what each epoch reports
-(:class:`EpochReport`, a row of metrics.json's history)."""
+"""Where a distillation run stands (:class:`RunState`, saved in every checkpoint), what each epoch reports
+(:class:`EpochReport`, a row of metrics.json's history) and what each synthesis round reports (:class:`RoundReport`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ class EpochReport:
         return {"epoch": self.epoch, "wall_seconds": round(self.wall_seconds, 3), **self.losses,
                 "agreement": self.agreement, "student_accuracy": self.student_accuracy, "lr": self.lr,
                 "memory_size": self.memory_size}
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """One synthesis round: its place (epoch counted from 1), the losses of the batch it kept and its seconds."""
+
+    epoch: int
+    round: int
+    rounds: int
+    losses: dict[str, float]
+    seconds: float
 
 
 @dataclass

@@ -11,20 +11,17 @@ Layouts: ``ort`` (onnxruntime CPU: QDQ, U8 activations, S8 per-channel weights; 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..core.atomic import atomic_write_bytes, prepare_output_file
 from ..core.errors import UserError, first_line
 from ..core.normalize import NormalizedModel
+from ..core.progress import Progress, as_progress
 from ..core.strict import from_dict
 from ..distill import run_folder as rf
 from ..distill.config import DistillConfig
@@ -48,7 +45,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
              teacher: str | Path | Any | None = None, teacher_options: dict[str, Any] | None = None,
              calibration: int = 512, method: str = "minmax", eval_data: str | Path | None = None,
              batch: int | None = None, opset: int = 17, qat_epochs: float | None = None, qat_lr: float | None = None,
-             show_progress: bool = False, trust_code: bool = False, qat_seconds: float | None = None
+             show_progress: bool | Progress = False, trust_code: bool = False, qat_seconds: float | None = None
              ) -> dict[str, Any]:
     """INT8 ONNX of the student in ``run_dir``; returns paths, parity and (with ``eval_data``) top-1 figures.
 
@@ -57,6 +54,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     copy of the deployed one at ``out`` (default ``student.int8.onnx``). ``teacher`` defaults to the one
     recorded in the run's ``config.json`` (a loaded teacher is used as it is). ``batch`` fixes the exported batch (None: dynamic). ``trust_code``:
     import a student factory the run folder names (see :func:`~nayer_edge.onnx_model.student.load_student`).
+    ``show_progress``: QAT's steps (see :func:`~nayer_edge.core.progress.as_progress`).
 
         quantize("runs/demo", qat=True, eval_data="heldout.npz")["int8_accuracy"]
     """
@@ -64,7 +62,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     spec = read_student_spec(run_dir)
     run = QuantizeInputs(run_dir=run_dir, spec=spec, layout=layout, qat=qat, calibration=calibration, method=method,
                          batch=batch, opset=opset, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_seconds=qat_seconds,
-                         show_progress=show_progress, trust_code=trust_code)
+                         progress=as_progress(show_progress), trust_code=trust_code)
     _check_request(run, out)
     eval_set = None
     if eval_data is not None:
@@ -120,7 +118,7 @@ class QuantizeInputs:
     qat_epochs: float | None
     qat_lr: float | None
     qat_seconds: float | None
-    show_progress: bool
+    progress: Progress
     trust_code: bool
 
 
@@ -317,11 +315,12 @@ def _qat_fp32_onnx(run: QuantizeInputs, images: torch.Tensor, teacher: Any) -> t
     epochs = run.qat_epochs if run.qat_epochs is not None else config.qat_epochs
     lr = run.qat_lr if run.qat_lr is not None else config.qat_lr
 
-    with _qat_progress(run.show_progress, run.layout) as on_step:
+    with run.progress.stage("qat", layout=run.layout):
         model, report = finetune_qat(
             student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=run.layout, epochs=epochs,
             lr=lr, batch=config.qat_batch, temperature=config.temperature,
-            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=run.qat_seconds, on_step=on_step)
+            fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=run.qat_seconds,
+            on_step=lambda done, total: run.progress.steps("qat", done, total, logged=True))
     shape = tuple(spec["input_shape"])
     path = export_onnx(model, run.run_dir / rf.STUDENT_QAT_FP32_ONNX, input_shape=shape, mean=spec["mean"],
                        std=spec["std"], fold_normalization=True, batch=run.batch, opset=run.opset,
@@ -330,22 +329,6 @@ def _qat_fp32_onnx(run: QuantizeInputs, images: torch.Tensor, teacher: Any) -> t
     check_parity(path, NormalizedModel(model, spec["mean"], spec["std"]).eval(), probe)
     return path, {**report.to_dict(), "epochs": epochs, "lr": lr, "fp32_anchor": config.qat_fp32_anchor,
                   "tool": QAT_TOOL_DECISION}
-
-
-@contextmanager
-def _qat_progress(show: bool, layout: Layout) -> Iterator[Callable[[int, int], None] | None]:
-    """QAT's progress bar on stderr while the block runs (with ``show``); yields the ``on_step`` that moves it."""
-    if not show:
-        yield None
-        return
-    progress = Progress(TextColumn("[bold]QAT ({task.fields[layout]})"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True))
-    task = progress.add_task("qat", total=None, layout=layout)
-    progress.start()
-    try:
-        yield lambda done, total: progress.update(task, completed=done, total=total)
-    finally:
-        progress.stop()
 
 
 def _run_config(run_dir: Path) -> Any:
