@@ -14,6 +14,7 @@ from .output import fail_on_gates, print_deployment, print_result
 from .progress import reporting
 
 
+# One option per thing a user may change in the demo's job; --teacher-only turns it into the teacher's writer.
 @app.command()
 @with_options(LOG_OPTIONS)
 def demo(
