@@ -24,26 +24,51 @@ def released(digits_teacher, tmp_path_factory):
     return out, result
 
 
-def test_compress_cpu_int8_passes(released):
+def test_compress_cpu_deploys_fp32_when_int8_is_slower(released):
+    """cnn_tiny at batch 32 (the demo's student): onnxruntime's INT8 kernels cost more than they save, so the
+    FP32 model is deployed and the line says why; INT8 (QAT and PTQ) is still built, checked and reported."""
     out, result = released
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
-    assert metrics["target"] == "cpu-x86" and metrics["precision"] == "int8" and metrics["passed"]
+    assert metrics["target"] == "cpu-x86" and metrics["passed"]
     assert metrics["onnx_max_abs_error"] <= 1e-4
     assert abs(metrics["fp32_onnx_accuracy"] - metrics["student_accuracy"]) <= 0.005
     assert metrics["student_accuracy"] >= 0.85
     assert abs(metrics["int8_accuracy"] - metrics["fp32_onnx_accuracy"]) <= 0.01  # the target's 1-point budget
     assert set(metrics["latency"]) == {"fp32", "int8"}
+    deployed = metrics["deployed"]
+    p50 = {name: lat["p50_ms"] for name, lat in metrics["latency"].items()}
+    assert deployed["latency_p50_ms"] == p50
+    assert p50["int8"] > 1.15 * p50["fp32"], p50  # the premise (measured 1.4-1.6× here), side by side
+    assert deployed == {"file": str(out / "student.onnx"), "precision": "fp32", "latency_p50_ms": p50,
+                        "reason": f"INT8 p50 {p50['int8']:.2f} ms is slower than FP32 {p50['fp32']:.2f} ms at batch 32"}
+    assert metrics["precision"] == "fp32" and metrics["deployed_model"] == deployed["file"]
     assert [g["name"] for g in metrics["gates"]] == ["student_trained", "teacher_retention", "accuracy_drop"]
-    # QAT is on by default for INT8; both it and the PTQ baseline are measured, one is deployed.
+    # QAT is on by default for INT8; both it and the PTQ baseline are measured, one is the INT8 candidate.
     assert metrics["qat"] and set(metrics["int8_candidates"]) == {"ptq", "qat"}
     assert metrics["int8_accuracy"] == pytest.approx(metrics[f"{metrics['int8_method']}_int8_accuracy"], abs=1e-6)
     for name in ("student.onnx", "student.int8.onnx", "student.int8-ptq.onnx", "student.int8-qat.onnx",
                  "report.md", "metrics.json", "samples.png"):
         assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["deployed"] == deployed
     report = (out / "report.md").read_text()
     assert "PASS" in report and "ONNX INT8" in report and "![samples](samples.png)" in report
     assert "| PTQ |" in report and "| QAT |" in report
+    assert f"Deployed FP32: {deployed['reason']}." in report and "| student, ONNX FP32, **deployed** |" in report
+
+
+def test_precision_int8_forces_int8(released, tmp_path):
+    from nayer_edge.deploy.compress import deploy
+
+    source, _ = released
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    metrics = deploy(run_dir, target="cpu-x86", precision="int8", qat=False)
+    deployed = metrics["deployed"]
+    assert deployed["precision"] == metrics["precision"] == "int8" and deployed["reason"] == "forced by --precision"
+    assert deployed["file"] == metrics["deployed_model"] == str(run_dir / "student.int8.onnx")
+    assert set(deployed["latency_p50_ms"]) == {"fp32", "int8"}
+    assert deployed["latency_p50_ms"]["int8"] == metrics["latency"]["int8"]["p50_ms"]
 
 
 def test_deploy_for_jetson_makes_a_checked_bundle(released, digits_teacher, tmp_path):
@@ -57,6 +82,7 @@ def test_deploy_for_jetson_makes_a_checked_bundle(released, digits_teacher, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert metrics["target"] == "jetson-orin-nano" and metrics["runtime"] == "tensorrt" and metrics["passed"]
+    assert metrics["deployed"]["precision"] == "int8" and "measured on the device" in metrics["deployed"]["reason"]
     assert {g["name"] for g in metrics["gates"]} == {"student_trained", "teacher_retention", "accuracy_drop",
                                                      "bundle_check_onnxruntime"}
     bundle = run_dir / "bundle"
