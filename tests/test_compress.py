@@ -24,9 +24,9 @@ def released(digits_teacher, tmp_path_factory):
     return out, result
 
 
-def test_compress_cpu_deploys_fp32_when_int8_is_slower(released):
-    """cnn_tiny at batch 32 (the demo's student): onnxruntime's INT8 kernels cost more than they save, so the
-    FP32 model is deployed and the line says why; INT8 (QAT and PTQ) is still built, checked and reported."""
+def test_compress_cpu_deploys_the_faster_model_saying_why(released):
+    """cnn_tiny at batch 32 (the demo's student): FP32 and INT8 (QAT and PTQ) are built, checked and timed side by
+    side; the faster is deployed and the line says why."""
     out, result = released
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
@@ -38,11 +38,16 @@ def test_compress_cpu_deploys_fp32_when_int8_is_slower(released):
     assert set(metrics["latency"]) == {"fp32", "int8"}
     deployed = metrics["deployed"]
     p50 = {name: lat["p50_ms"] for name, lat in metrics["latency"].items()}
-    assert deployed["latency_p50_ms"] == p50
-    assert p50["int8"] > 1.15 * p50["fp32"], p50  # the premise (measured 1.4-1.6× here), side by side
-    assert deployed == {"file": str(out / "student.onnx"), "precision": "fp32", "latency_p50_ms": p50,
-                        "reason": f"INT8 p50 {p50['int8']:.2f} ms is slower than FP32 {p50['fp32']:.2f} ms at batch 32"}
-    assert metrics["precision"] == "fp32" and metrics["deployed_model"] == deployed["file"]
+    # Both pass the accuracy gates, so the faster deploys: FP32 on a quiet machine (INT8 measured 1.8× slower for
+    # this student, tests/test_deploy_choice.py pins it); the end-to-end check is that the choice follows the
+    # figures it records, whichever way a busy machine tilts them.
+    fastest = min(p50, key=p50.get)
+    reason = (f"INT8 p50 {p50['int8']:.2f} ms is slower than FP32 {p50['fp32']:.2f} ms at batch 32" if fastest == "fp32"
+              else f"INT8 p50 {p50['int8']:.2f} ms is faster than FP32 {p50['fp32']:.2f} ms at batch 32 and passes "
+                   "the accuracy gates")
+    files = {"fp32": str(out / "student.onnx"), "int8": str(out / "student.int8.onnx")}
+    assert deployed == {"file": files[fastest], "precision": fastest, "latency_p50_ms": p50, "reason": reason}
+    assert metrics["precision"] == fastest and metrics["deployed_model"] == deployed["file"]
     assert [g["name"] for g in metrics["gates"]] == ["student_trained", "teacher_retention", "accuracy_drop"]
     # QAT is on by default for INT8; both it and the PTQ baseline are measured, one is the INT8 candidate.
     assert metrics["qat"] and set(metrics["int8_candidates"]) == {"ptq", "qat"}
@@ -54,7 +59,8 @@ def test_compress_cpu_deploys_fp32_when_int8_is_slower(released):
     report = (out / "report.md").read_text()
     assert "PASS" in report and "ONNX INT8" in report and "![samples](samples.png)" in report
     assert "| PTQ |" in report and "| QAT |" in report
-    assert f"Deployed FP32: {deployed['reason']}." in report and "| student, ONNX FP32, **deployed** |" in report
+    assert f"Deployed {fastest.upper()}: {reason}." in report and f"ONNX {fastest.upper()}" in report
+    assert report.count("**deployed**") == 1
 
 
 def test_precision_int8_forces_int8(released, tmp_path):
@@ -63,6 +69,11 @@ def test_precision_int8_forces_int8(released, tmp_path):
     source, _ = released
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)
+    # Without eval data both candidates are judged by the agreement proxy; the choice is the faster that passes.
+    chosen = deploy(run_dir, target="cpu-x86", qat=False)
+    agreement = next(g for g in chosen["gates"] if g["name"] == "teacher_agreement_synthetic")
+    assert agreement["passed"] and chosen["deployed"]["precision"] == min(
+        chosen["deployed"]["latency_p50_ms"], key=chosen["deployed"]["latency_p50_ms"].get)
     metrics = deploy(run_dir, target="cpu-x86", precision="int8", qat=False)
     deployed = metrics["deployed"]
     assert deployed["precision"] == metrics["precision"] == "int8" and deployed["reason"] == "forced by --precision"
