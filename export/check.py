@@ -112,7 +112,7 @@ class OnnxRuntimeRunner:
             raise BadInput("onnxruntime is needed for --backend onnxruntime (pip3 install onnxruntime); "
                            "on the device use --backend tensorrt") from None
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: a failed run is the exception it raises, said once
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

@@ -438,7 +438,7 @@ def _sha256(path: Path) -> str:
 DEVICE_SCRIPTS_DIGEST = {"0.2.0": "60daafcc5f50805bc47cdb763970be65f6d9258af2647d48c319da96682c9faa",
                          "0.3.0": "bf2263af2e0d57c704a2c8cd3d1fa66693b69e3e533587a82c0ccc9d67135590",
                          # exit code 3 for a runtime failure; check.py --json in the shared result schema
-                         "0.4.0": "da31c45078eaae10482b23f8072a4ffe9dd1e3e49b4ca891377e32c250a015f6"}
+                         "0.4.0": "0b6657db696caa0bc22e65df12d2474c27469b43a2fa12026b61a229f33a0959"}
 
 
 def test_the_device_scripts_change_only_with_the_version():
