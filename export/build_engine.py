@@ -21,7 +21,8 @@ The engine is written with ``<engine>.json`` beside it (``make_stamp``): TensorR
 compute capability, the ONNX's sha256, precision, DLA core and flags. ``check.py`` refuses an engine whose
 stamp does not match the TensorRT and GPU it runs on (``stamp_mismatch``): engines are not portable.
 
-Exit codes: 0 built, 1 the build failed, 2 bad input (a one-line message, no traceback).
+Exit codes (as check.py's; 1, a gate failed, is check.py's alone): 0 built, 2 bad input, 3 the build failed
+(TensorRT could not parse or build the network, or raised; Ctrl-C); each a one-line message, no traceback.
 """
 
 from __future__ import annotations
@@ -581,14 +582,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bundle_io.EXIT_BAD_INPUT
     except BuildFailed as err:
         print("build failed: {}".format(err), file=sys.stderr)
-        return bundle_io.EXIT_GATE_FAILED
+        return bundle_io.EXIT_RUNTIME_FAILURE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return bundle_io.EXIT_GATE_FAILED
+        print("build failed: interrupted (Ctrl-C); no engine was written", file=sys.stderr)
+        return bundle_io.EXIT_RUNTIME_FAILURE
     except Exception as err:  # noqa: BLE001 - TensorRT raises plain RuntimeError/TypeError on bad builds
         print("build failed: {}: {}".format(type(err).__name__, str(err).splitlines()[0] if str(err) else ""),
               file=sys.stderr)
-        return bundle_io.EXIT_GATE_FAILED
+        return bundle_io.EXIT_RUNTIME_FAILURE
     print("built {} (TensorRT {}, {}, {}{}); stamp {}".format(
         request.engine, stamp["tensorrt"], stamp["precision"], stamp.get("gpu_name") or "unknown GPU",
         "" if stamp["dla_core"] is None else ", DLA core {}".format(stamp["dla_core"]), stamp_path(request.engine)))

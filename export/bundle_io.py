@@ -24,10 +24,38 @@ FORMAT = "nayer-edge-bundle"
 FORMAT_VERSION = 1
 SELF_HASH_KEY = "manifest_sha256"
 
-# Exit codes shared by the device scripts.
+# Exit codes shared by the device scripts and the host's nayer-edge.
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_RUNTIME_FAILURE = 3  # the runtime failed (onnxruntime or TensorRT raised, out of memory, Ctrl-C)
+
+# The one JSON result of a check: the device's ``check.py --json`` and the host's ``nayer-edge verify --json``
+# (of an ONNX model or of a bundle) emit exactly these keys, null where a field does not apply (README, "verify
+# and check: one JSON result"). A new key or a changed meaning bumps the version.
+RESULT_SCHEMA_VERSION = 1
+RESULT_KEYS = (
+    "schema_version", "passed", "model", "bundle", "backend", "runtime", "precision", "input", "input_shape",
+    "accuracy", "accuracy_samples", "reference_accuracy", "accuracy_drop_points", "teacher_accuracy",
+    "labelled_folder", "parity", "latency", "integrity", "device", "gates", "notes",
+)
+PARITY_KEYS = ("reference", "samples", "min_cosine", "max_abs_error", "mean_abs_error", "top1_agreement")
+LATENCY_KEYS = ("batch", "iterations", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms",
+                "throughput", "cv", "timed")
+GATE_KEYS = ("name", "limit", "value", "rule", "passed", "text")
+
+
+def new_result() -> Dict[str, Any]:
+    """A check result with every key of the schema: null, no gates, no notes, not passed."""
+    result: Dict[str, Any] = {key: None for key in RESULT_KEYS}
+    result.update(schema_version=RESULT_SCHEMA_VERSION, passed=False, gates=[], notes=[])
+    return result
+
+
+def result_gate(name: str, value: Optional[float], limit: Optional[float], passed: bool, text: str,
+                rule: str = "<=") -> Dict[str, Any]:
+    """One gate of a check result: ``value`` must be ``rule`` (<= or >=) ``limit``; ``text`` says it in words."""
+    return {"name": name, "limit": limit, "value": value, "rule": rule, "passed": bool(passed), "text": text}
 
 
 class BundleError(Exception):

@@ -21,7 +21,12 @@ In order:
      p90, p95, p99 (nearest rank), throughput, CV. TensorRT: GPU compute of one batch already on the device.
   6. the Jetson power mode (``nvpmodel -q``) and whether CPU/GPU clocks are locked (warnings only).
 
-Exit codes: 0 every gate passed, 1 a gate failed (each failure is one line naming the gate), 2 bad input.
+``--json`` prints the result on stdout in the schema ``nayer-edge verify --json`` uses too (``bundle_io.RESULT_KEYS``,
+``schema_version`` 1); the summary lines then go to stderr.
+
+Exit codes: 0 every gate passed, 1 a gate failed (each failure is one line naming the gate), 2 bad input (a
+one-line message saying what to fix), 3 the runtime failed (onnxruntime or TensorRT raised, CUDA ran out of
+memory, Ctrl-C): one line naming the error, no result.
 Runs with python3 >= 3.8 and numpy; onnxruntime or tensorrt (+ cuda-python or pycuda) for the backend.
 """
 
@@ -41,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bundle_io  # noqa: E402  (sibling files: these scripts run from the bundle's scripts/ folder)
-from bundle_io import BundleError, IntegrityError  # noqa: E402
+from bundle_io import BundleError, IntegrityError, result_gate  # noqa: E402
 
 BACKENDS = ("tensorrt", "onnxruntime")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -107,7 +112,7 @@ class OnnxRuntimeRunner:
             raise BadInput("onnxruntime is needed for --backend onnxruntime (pip3 install onnxruntime); "
                            "on the device use --backend tensorrt") from None
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: a failed run is the exception it raises, said once
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
@@ -199,8 +204,9 @@ def open_tensorrt(bundle_dir: str, manifest: Dict[str, Any], engine_path: Option
 # --------------------------------------------------------------------------------------- measurements
 
 
-def parity(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, Any]:
-    """Lowest per-sample cosine, max and mean abs error, top-1 agreement of two N×K logit arrays."""
+def parity(reference: np.ndarray, candidate: np.ndarray, reference_name: str) -> Dict[str, Any]:
+    """Lowest per-sample cosine, max and mean abs error, top-1 agreement of two N×K logit arrays (the result's
+    ``parity``; ``reference_name`` says where the reference logits came from)."""
     ref = reference.astype(np.float64)
     out = candidate.astype(np.float64)
     if ref.shape != out.shape:
@@ -211,8 +217,9 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, Any]:
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.where(norms > 0, (ref * out).sum(1) / norms, 1.0)
     cosine = np.where(np.isnan(cosine), -1.0, cosine)
-    return {"samples": int(len(ref)), "min_cosine": float(cosine.min()), "max_abs_error": float(diff.max()),
-            "mean_abs_error": float(diff.mean()), "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean())}
+    return {"reference": reference_name, "samples": int(len(ref)), "min_cosine": float(cosine.min()),
+            "max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean()),
+            "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean())}
 
 
 def nearest_rank(sorted_values: Sequence[float], percentile: float) -> float:
@@ -334,16 +341,16 @@ def read_power_state() -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------- gates
 
 
-def gate(name: str, value: Optional[float], limit: Optional[float], passed: bool, text: str) -> Dict[str, Any]:
-    return {"name": name, "value": value, "limit": limit, "passed": bool(passed), "text": text}
+gate = result_gate
 
 
 def parity_gates(measured: Dict[str, Any], limits: Dict[str, Any]) -> List[Dict[str, Any]]:
     gates = []
     if limits.get("min_cosine") is not None:
         lim = float(limits["min_cosine"])
-        gates.append(gate("parity_cosine", measured["min_cosine"], lim, measured["min_cosine"] >= lim,
-                          "lowest per-sample cosine {:.6f} (limit >= {:g})".format(measured["min_cosine"], lim)))
+        gates.append(gate("parity_min_cosine", measured["min_cosine"], lim, measured["min_cosine"] >= lim,
+                          "lowest per-sample cosine {:.6f} (limit >= {:g})".format(measured["min_cosine"], lim),
+                          rule=">="))
     if limits.get("max_abs_error") is not None:
         lim = float(limits["max_abs_error"])
         gates.append(gate("parity_max_abs_error", measured["max_abs_error"], lim, measured["max_abs_error"] <= lim,
@@ -352,7 +359,8 @@ def parity_gates(measured: Dict[str, Any], limits: Dict[str, Any]) -> List[Dict[
         lim = float(limits["min_top1_agreement"])
         gates.append(gate("parity_top1_agreement", measured["top1_agreement"], lim,
                           measured["top1_agreement"] >= lim - 1e-12,
-                          "top-1 agreement {:.1%} (limit >= {:.1%})".format(measured["top1_agreement"], lim)))
+                          "top-1 agreement {:.1%} (limit >= {:.1%})".format(measured["top1_agreement"], lim),
+                          rule=">="))
     return gates
 
 
@@ -378,110 +386,134 @@ def release_gates(release: Dict[str, Any], subset_top1: Optional[float],
         gates.append(gate("teacher_retention_labelled_subset", subset_top1, floor, subset_top1 >= floor - 1e-12,
                           "top-1 {:.2%} on the labelled subset, {:.1%} of the teacher's {:.2%} (limit >= {:.0%} "
                           "of it = {:.2%})".format(subset_top1, subset_top1 / float(teacher), float(teacher),
-                                                   float(limit), floor)))
+                                                   float(limit), floor), rule=">="))
     return gates
 
 
 def accuracy_gate(name: str, measured: float, expected: Optional[float], drop_points: float) -> Dict[str, Any]:
     if expected is None:
-        return gate(name, measured, None, True, "top-1 {:.2%} (no expected accuracy: reported only)".format(measured))
+        return gate(name, measured, None, True, "top-1 {:.2%} (no expected accuracy: reported only)".format(measured),
+                    rule=">=")
     floor = float(expected) - drop_points / 100.0
     return gate(name, measured, floor, measured >= floor - 1e-12,
                 "top-1 {:.2%} (expected {:.2%} minus {:g} points = {:.2%})".format(
-                    measured, expected, drop_points, floor))
+                    measured, expected, drop_points, floor), rule=">=")
 
 
 # --------------------------------------------------------------------------------------- the check
 
 
 def run_check(args: argparse.Namespace) -> Dict[str, Any]:
-    """Everything after argument parsing; raises BadInput, BundleError or IntegrityError."""
+    """Everything after argument parsing, as a result in the shared schema (``bundle_io.new_result``); raises
+    BadInput, BundleError or IntegrityError, and whatever the runtime raises."""
     bundle = args.bundle or default_bundle_dir()
     if bundle is None:
         raise BadInput("give --bundle DIR (no manifest.json above this script)")
     bundle = os.path.abspath(bundle)
     manifest = bundle_io.load_manifest(bundle)
     checked = bundle_io.verify_integrity(bundle, manifest)
-    result: Dict[str, Any] = {"bundle": bundle, "backend": args.backend, "precision": manifest["model"]["precision"],
-                              "integrity": {"passed": True, "files": len(checked)}, "warnings": []}
+    result = bundle_io.new_result()
+    result.update(model=os.path.join(bundle, manifest["model"]["file"]), bundle=bundle, backend=args.backend,
+                  precision=manifest["model"]["precision"], input=manifest["input"]["convention"],
+                  input_shape=[int(d) for d in manifest["input"]["shape"]],
+                  integrity={"passed": True, "files": len(checked), "failed_file": None})
     gates: List[Dict[str, Any]] = [gate("integrity", None, None, True, "{} files match the manifest".format(
         len(checked)))]
 
     refuse_foreign_engines(bundle, manifest, args.engine)
     if args.backend == "onnxruntime":
-        runner: Any = OnnxRuntimeRunner(os.path.join(bundle, manifest["model"]["file"]), args.threads)
+        runner: Any = OnnxRuntimeRunner(result["model"], args.threads)
     else:
         runner = open_tensorrt(bundle, manifest, args.engine, args.verbose)
     result["runtime"] = runner.describe()
     try:
-        ref = bundle_io.load_arrays(bundle, manifest["reference"]["file"], ["inputs", "logits"])
-        measured = parity(ref["logits"], runner.run(ref["inputs"]))
-        result["parity"] = measured
-        gates += parity_gates(measured, manifest.get("parity", {}).get(args.backend, {}))
-
-        accuracy = manifest.get("accuracy", {})
-        drop = float(accuracy.get("max_drop_points") or 0.0)
-        labelled = manifest.get("labelled")
-        if labelled:
-            data = bundle_io.load_arrays(bundle, labelled["file"], ["images", "labels"])
-            subset = top1(runner, bundle_io.images_to_input(data["images"], manifest), data["labels"])
-            result["labelled_subset"] = {"samples": int(len(data["labels"])), "top1": subset}
-            gates.append(accuracy_gate("accuracy_labelled_subset", subset, labelled.get("top1"), drop))
-        gates += release_gates(manifest.get("release") or {}, (result.get("labelled_subset") or {}).get("top1"),
-                               args.min_teacher_retention)
-        if args.labelled:
-            images, labels, why = load_labelled_folder(args.labelled, manifest)
-            if images is None:
-                result["warnings"].append(why)
-            else:
-                folder = top1(runner, bundle_io.images_to_input(images, manifest), labels)
-                result["labelled_folder"] = {"folder": os.path.abspath(args.labelled), "samples": int(len(labels)),
-                                             "top1": folder}
-                expected = accuracy.get("expected")
-                gates.append(accuracy_gate("accuracy_labelled_folder", folder,
-                                           expected if expected is not None else (labelled or {}).get("top1"), drop))
-
-        if not args.no_latency:
-            batch = args.batch or int(manifest.get("latency", {}).get("batch") or 1)
-            if runner.fixed_batch and args.batch is None:
-                batch = runner.fixed_batch
-            call = runner.timed_call(batch, ref["inputs"])
-            stats = measure_latency(call, batch, args.warmup_s, args.duration_s, args.iterations)
-            stats["timed"] = ("GPU compute of one batch already on the device (no host copies)"
-                              if args.backend == "tensorrt" else "InferenceSession.run on host memory")
-            result["latency"] = stats
-            limit = args.max_latency_ms if args.max_latency_ms is not None else manifest.get("latency", {}).get("max_ms")
-            if limit is not None:
-                gates.append(gate("latency_p50", stats["p50_ms"], float(limit), stats["p50_ms"] <= float(limit),
-                                  "p50 {:.4g} ms at batch {} (limit <= {:g} ms)".format(stats["p50_ms"], batch,
-                                                                                         float(limit))))
+        gates += _measure(args, bundle, manifest, runner, result)
     finally:
         runner.close()
 
     power = read_power_state()
-    result["warnings"] += power.pop("warnings")
+    result["notes"] += power.pop("warnings")
     result["device"] = power
     result["gates"] = gates
     result["passed"] = all(g["passed"] for g in gates)
     return result
 
 
+def _measure(args: argparse.Namespace, bundle: str, manifest: Dict[str, Any], runner: Any,
+             result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Parity, accuracy and latency through ``runner``, into ``result``; their gates."""
+    reference = manifest["reference"]["file"]
+    ref = bundle_io.load_arrays(bundle, reference, ["inputs", "logits"])
+    measured = parity(ref["logits"], runner.run(ref["inputs"]), reference)
+    result["parity"] = measured
+    gates = parity_gates(measured, manifest.get("parity", {}).get(args.backend, {}))
+
+    accuracy = manifest.get("accuracy", {})
+    drop = float(accuracy.get("max_drop_points") or 0.0)
+    labelled = manifest.get("labelled")
+    release = manifest.get("release") or {}
+    result["teacher_accuracy"] = release.get("teacher_top1")
+    if labelled:
+        data = bundle_io.load_arrays(bundle, labelled["file"], ["images", "labels"])
+        subset = top1(runner, bundle_io.images_to_input(data["images"], manifest), data["labels"])
+        made = labelled.get("top1")
+        result.update(accuracy=subset, accuracy_samples=int(len(data["labels"])), reference_accuracy=made,
+                      accuracy_drop_points=None if made is None else (float(made) - subset) * 100.0)
+        gates.append(accuracy_gate("accuracy_labelled_subset", subset, made, drop))
+    gates += release_gates(release, result["accuracy"], args.min_teacher_retention)
+    if args.labelled:
+        images, labels, why = load_labelled_folder(args.labelled, manifest)
+        if images is None:
+            result["notes"].append(why)
+        else:
+            folder = top1(runner, bundle_io.images_to_input(images, manifest), labels)
+            result["labelled_folder"] = {"folder": os.path.abspath(args.labelled), "samples": int(len(labels)),
+                                         "top1": folder}
+            expected = accuracy.get("expected")
+            gates.append(accuracy_gate("accuracy_labelled_folder", folder,
+                                       expected if expected is not None else (labelled or {}).get("top1"), drop))
+
+    if not args.no_latency:
+        batch = args.batch or int(manifest.get("latency", {}).get("batch") or 1)
+        if runner.fixed_batch and args.batch is None:
+            batch = runner.fixed_batch
+        call = runner.timed_call(batch, ref["inputs"])
+        stats = measure_latency(call, batch, args.warmup_s, args.duration_s, args.iterations)
+        stats["timed"] = ("GPU compute of one batch already on the device (no host copies)"
+                          if args.backend == "tensorrt" else "InferenceSession.run on host memory")
+        result["latency"] = stats
+        limit = args.max_latency_ms if args.max_latency_ms is not None else manifest.get("latency", {}).get("max_ms")
+        if limit is not None:
+            gates.append(gate("latency_p50_ms", stats["p50_ms"], float(limit), stats["p50_ms"] <= float(limit),
+                              "p50 {:.4g} ms at batch {} (limit <= {:g} ms)".format(stats["p50_ms"], batch,
+                                                                                     float(limit))))
+    return gates
+
+
 def summary_lines(result: Dict[str, Any]) -> List[str]:
-    lines = ["bundle {} — {} ({})".format(result["bundle"], result.get("runtime", result["backend"]),
+    lines = ["bundle {} — {} ({})".format(result["bundle"], result.get("runtime") or result["backend"],
                                           result["precision"])]
-    if "latency" in result:
+    if result.get("latency"):
         s = result["latency"]
         lines.append("latency at batch {}: mean {:.4g} ms, p50 {:.4g}, p90 {:.4g}, p95 {:.4g}, p99 {:.4g}; "
                      "{:.0f} img/s; CV {:.1%}; {} runs".format(s["batch"], s["mean_ms"], s["p50_ms"], s["p90_ms"],
                                                             s["p95_ms"], s["p99_ms"], s["throughput"], s["cv"],
                                                             s["iterations"]))
-    if result.get("device", {}).get("nvpmodel"):
+    if (result.get("device") or {}).get("nvpmodel"):
         lines.append("power mode: " + result["device"]["nvpmodel"])
     for g in result["gates"]:
         lines.append("{} {}: {}".format("PASS" if g["passed"] else "FAIL", g["name"], g["text"]))
-    for warning in result["warnings"]:
-        lines.append("warning: " + warning)
+    for note in result["notes"]:
+        lines.append("warning: " + note)
     return lines
+
+
+def integrity_failure(err: IntegrityError) -> Dict[str, Any]:
+    """The result of a bundle whose files do not match its manifest: one failed gate, nothing run."""
+    result = bundle_io.new_result()
+    result["integrity"] = {"passed": False, "files": None, "failed_file": err.file}
+    result["gates"] = [gate("integrity", None, None, False, str(err))]
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -495,16 +527,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bundle_io.EXIT_BAD_INPUT
     except IntegrityError as err:
         if want_json:
-            print(json.dumps({"passed": False, "gates": [gate("integrity", None, None, False, str(err))],
-                              "failed_file": err.file}))
+            print(json.dumps(integrity_failure(err), indent=2, sort_keys=True))
         print("FAIL {}".format(err), file=sys.stderr)
         return bundle_io.EXIT_GATE_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return bundle_io.EXIT_BAD_INPUT
-    except Exception as err:  # noqa: BLE001 - a runtime's own failure: one line, not a traceback
-        print("error: {}: {}".format(type(err).__name__, (str(err).splitlines() or [""])[0]), file=sys.stderr)
-        return bundle_io.EXIT_BAD_INPUT
+        print("error: interrupted (Ctrl-C): the check did not finish", file=sys.stderr)
+        return bundle_io.EXIT_RUNTIME_FAILURE
+    except Exception as err:  # noqa: BLE001 - a runtime's own failure (e.g. CUDA out of memory): one line, no traceback
+        print("error: the runtime failed: {}: {}".format(type(err).__name__, (str(err).strip().splitlines() or [""])[0]),
+              file=sys.stderr)
+        return bundle_io.EXIT_RUNTIME_FAILURE
     stream = sys.stderr if args.json else sys.stdout
     for line in summary_lines(result):
         print(line, file=stream)

@@ -6,6 +6,6 @@ are imported only inside the functions that need them.
 
 import time as _time
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 # When this process imported the package: the CLI counts --time-budget from here (imports included).
 IMPORTED_AT = _time.perf_counter()

@@ -103,7 +103,7 @@ def test_check_onnxruntime_from_inside_the_bundle(bundle):
     assert result["passed"] and result["backend"] == "onnxruntime"
     assert result["parity"]["top1_agreement"] == 1.0
     assert result["parity"]["max_abs_error"] < 1e-4 and result["parity"]["min_cosine"] > 0.99999
-    assert result["labelled_subset"]["samples"] == 40
+    assert result["accuracy_samples"] == 40 and result["schema_version"] == 1
     latency = result["latency"]
     assert latency["p50_ms"] <= latency["p90_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert latency["throughput"] > 0 and latency["iterations"] >= 20
@@ -134,8 +134,8 @@ def test_check_gate_failure_exits_1_naming_the_gate(bundle):
     done = _run_script(bundle, "check.py", "--backend", "onnxruntime", "--max-latency-ms", "0.000001",
                        "--duration-s", "0.05")
     assert done.returncode == 1
-    assert "FAIL latency_p50" in done.stdout
-    assert "PASS parity_cosine" in done.stdout
+    assert "FAIL latency_p50_ms" in done.stdout
+    assert "PASS parity_min_cosine" in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,7 +170,7 @@ def test_check_refuses_a_tampered_bundle_before_running(bundle, tmp_path):
     assert done.returncode == 1
     assert _one_line_error(done) == ("FAIL integrity gate failed: reference.npz sha256 mismatch (the file was "
                                      "changed after the bundle was made)")
-    assert json.loads(done.stdout)["failed_file"] == "reference.npz"
+    assert json.loads(done.stdout)["integrity"]["failed_file"] == "reference.npz"
 
 
 # --------------------------------------------------------------------------------------- build_engine logic
@@ -355,3 +355,97 @@ def test_tensorrt_check_passes_and_refuses_a_foreign_stamp(built_engine):
     stamp_file.write_text(json.dumps(stamp))
     done = _run_script(built_engine, "check.py", "--backend", "tensorrt")
     assert done.returncode == 2 and "engine built with TensorRT 0.0.0" in _one_line_error(done)
+
+
+# --------------------------------------------------------------------------------------- one schema, exit codes
+
+
+def _key_sets(result: dict) -> dict:
+    """The keys of a check result and of its nested records (parity, latency, each gate)."""
+    return {"result": set(result), "parity": set(result["parity"]), "latency": set(result["latency"]),
+            "gates": {frozenset(g) for g in result["gates"]}}
+
+
+def test_check_and_verify_emit_the_same_json_keys(bundle):
+    from conftest import run_cli
+
+    bundle_io = _load("bundle_io")
+    check = _run_script(bundle, "check.py", "--backend", "onnxruntime", "--json", "--duration-s", "0.05",
+                        "--max-latency-ms", "1000")
+    assert check.returncode == 0, check.stderr
+    model = str(bundle / "model.onnx")
+    host = run_cli("verify", model, "--reference", model, "--max-latency-ms", "1000", "--json")
+    assert host.returncode == 0, host.stderr[-2000:]
+    host_bundle = run_cli("verify", str(bundle), "--json")
+    assert host_bundle.returncode == 0, host_bundle.stderr[-2000:]
+    device, onnx_model, bundle_on_host = (json.loads(done.stdout) for done in (check, host, host_bundle))
+    assert _key_sets(device) == _key_sets(onnx_model) == _key_sets(bundle_on_host)
+    assert _key_sets(device) == {"result": set(bundle_io.RESULT_KEYS), "parity": set(bundle_io.PARITY_KEYS),
+                                 "latency": set(bundle_io.LATENCY_KEYS), "gates": {frozenset(bundle_io.GATE_KEYS)}}
+    for result in (device, onnx_model, bundle_on_host):
+        assert result["schema_version"] == 1 and result["passed"] and result["backend"] == "onnxruntime"
+        assert result["input_shape"] == list(SHAPE) and result["parity"]["min_cosine"] > 0.99999
+    # The same figure under the same name: the host's latency gate is the device's.
+    assert [g["name"] for g in onnx_model["gates"]] == ["latency_p50_ms"]
+    assert device["gates"][-1]["name"] == "latency_p50_ms" and device["gates"][-1]["limit"] == 1000
+    assert device["accuracy_samples"] == 40 and device["integrity"]["failed_file"] is None
+    assert onnx_model["bundle"] is None and onnx_model["integrity"] is None and bundle_on_host["bundle"] == str(bundle)
+
+
+def _broken_model(path: Path) -> None:
+    """An ONNX model that loads and fails when run: a Gather with an index past its input's end."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    indices = helper.make_tensor("indices", TensorProto.INT64, [10], [0, 1, 2, 3, 4, 5, 6, 7, 8, 1000])
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+         helper.make_node("Gather", ["flat", "indices"], ["logits"], axis=1)], "broken",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", *SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [indices])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def broken_bundle(bundle, tmp_path_factory) -> Path:
+    """The bundle with its model replaced by one onnxruntime fails to run, re-sealed (the hashes match)."""
+    import shutil
+
+    bundle_io = _load("bundle_io")
+    folder = tmp_path_factory.mktemp("broken") / "bundle"
+    shutil.copytree(bundle, folder)
+    _broken_model(folder / "model.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = bundle_io.sha256_file(str(folder / "model.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(bundle_io.seal_manifest(manifest), indent=2))
+    return folder
+
+
+def test_a_runtime_failure_exits_3_with_one_line_for_check_and_verify(broken_bundle):
+    from conftest import run_cli
+
+    done = _run_script(broken_bundle, "check.py", "--backend", "onnxruntime", "--json")
+    assert done.returncode == 3 and done.stdout == ""
+    line = _one_line_error(done)
+    assert line.startswith("error: the runtime failed: ") and "Gather" in line, line
+    for target in (broken_bundle, broken_bundle / "model.onnx"):  # the bundle's check on the host; the ONNX alone
+        done = run_cli("verify", str(target))
+        assert done.returncode == 3, done.stderr[-2000:]
+        assert "Gather" in _one_line_error(done)
+
+
+def test_check_interrupted_exits_3(bundle):
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen([sys.executable, "scripts/check.py", "--backend", "onnxruntime", "--duration-s", "60"],
+                               cwd=bundle, env={**env, "PYTHONDONTWRITEBYTECODE": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # past the imports, inside the latency measurement
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3 and stdout == "", stderr
+    assert stderr.strip() == "error: interrupted (Ctrl-C): the check did not finish"

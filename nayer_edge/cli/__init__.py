@@ -18,7 +18,16 @@ from ..core.interrupt import Interrupted, abort_on_signals
 # Importing a command's module registers it on the app, in the order --help lists them.
 from . import compress, demo, distill, export, inspect, lists, plan, quantize, verify  # noqa: F401 - importing a command module registers its command
 from .app import app, err_console
-from .errors import PROGRAM, click_errors, interrupted_line, is_click_error, usage_line, warning_line
+from .errors import (
+    EXIT_RUNTIME_FAILURE,
+    PROGRAM,
+    click_errors,
+    interrupted_line,
+    is_click_error,
+    runtime_failure_line,
+    usage_line,
+    warning_line,
+)
 
 
 def main() -> None:
@@ -49,5 +58,10 @@ def main() -> None:
         if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it for all
             err_console.print(interrupted_line(err, sys.argv[1:]), markup=False, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
+    except Exception as err:  # a runtime failure (onnxruntime raised, out of memory, a bug): exit 3, one line
+        err_console.print(runtime_failure_line(err), markup=False, highlight=False, soft_wrap=True)
+        if os.environ.get("NAYER_EDGE_TRACEBACK"):
+            raise
+        sys.exit(EXIT_RUNTIME_FAILURE)
     if isinstance(code, int) and code:
         sys.exit(code)  # typer.Exit(1) of a failed gate

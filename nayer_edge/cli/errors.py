@@ -33,6 +33,18 @@ def _under_torchrun() -> bool:
 
 
 PROGRAM = "nayer-edge"
+EXIT_RUNTIME_FAILURE = 3  # exit codes: 0 pass, 1 a gate failed, 2 bad input, 3 a runtime failure
+
+
+def runtime_failure_line(err: BaseException) -> str:
+    """One line for a failure the input did not cause (onnxruntime raised, out of memory): what raised it, and
+    how to see where."""
+    from ..core.errors import RuntimeFailure, first_line
+
+    if isinstance(err, RuntimeFailure):
+        return f"error: {first_line(err)}"
+    return (f"error: runtime failure: {type(err).__name__}: {first_line(err, default='(no message)')} "
+            "(NAYER_EDGE_TRACEBACK=1 shows where)")
 
 
 def usage_line(err: Exception) -> str:

@@ -52,6 +52,9 @@ def print_deployment(metrics: dict[str, Any]) -> None:
                   + (f", INT8 top-1 {fmt(metrics['int8_accuracy'])}" if metrics["int8_accuracy"] is not None else ""))
     for name, lat in metrics["latency"].items():
         console.print(f"{name}: p50 {lat['p50_ms']:.3f} ms at batch {lat['batch']} ({lat['throughput']:,.0f} images/s)")
+    deployed = metrics.get("deployed")
+    if deployed:
+        console.print(f"deployed {deployed['precision'].upper()}: {deployed['reason']}", markup=False, highlight=False)
     for gate in metrics["gates"]:
         rule = "≥" if gate.get("rule") == ">=" else "≤"
         console.print(f"gate {gate['name']}: {gate['value']:.4g} (limit {rule} {gate['limit']:.4g}) "

@@ -17,6 +17,7 @@ def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[
                    max_accuracy_drop: Optional[float], max_latency_ms: Optional[float], as_json: bool,
                    teacher: Optional[Path], min_teacher_retention: Optional[float]) -> None:
     from ..deploy.bundle_verify import verify_bundle
+    from ..deploy.device_scripts import device_module
 
     if reference is not None or max_accuracy_drop is not None or teacher is not None:
         raise UserError("a bundle carries its own reference outputs, accuracy budget and teacher's top-1: drop "
@@ -25,8 +26,9 @@ def _verify_bundle(bundle: Path, eval_data: Optional[Path], reference: Optional[
         raise UserError(f"{eval_data}: for a bundle, --eval-data is an image folder (one sub-folder per class)")
     result = verify_bundle(bundle, labelled=eval_data, max_latency_ms=max_latency_ms, json=as_json,
                            min_teacher_retention=min_teacher_retention)
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
+    if as_json:  # the schema's keys only, as check.py prints them (exit_code and summary are the library's)
+        schema = device_module("bundle_io").RESULT_KEYS
+        print(json.dumps({key: result[key] for key in schema}, indent=2, default=str))
     else:
         for line in result.get("summary", []):
             console.print(line, markup=False, highlight=False)
@@ -66,7 +68,7 @@ def verify_command(
         console.print(f"top-1 {fmt(result.accuracy)}" + (f" (reference {fmt(result.reference_accuracy)})"
                                                           if result.reference_accuracy is not None else ""))
         if result.parity is not None:
-            console.print(f"parity: max abs error {result.parity.max_abs_error:.2e}, cosine "
+            console.print(f"parity: max abs error {result.parity.max_abs_error:.2e}, lowest cosine "
                           f"{result.parity.cosine_similarity:.6f}, top-1 agreement {result.parity.top1_agreement:.2%}")
         lat = result.latency
         console.print(f"latency at batch {lat.batch}: mean {lat.mean_ms:.3f} ms, p50 {lat.p50_ms:.3f}, p90 {lat.p90_ms:.3f}, "

@@ -1,8 +1,13 @@
-"""Errors a user can fix. The CLI prints their message on one line and exits with code 2."""
+"""Errors a user can fix (the CLI prints their message on one line and exits with code 2) and failures of a
+runtime the user's input did not cause (one line, exit code 3)."""
 
 
 class UserError(Exception):
     """Bad input: the message says what is wrong and what to do about it."""
+
+
+class RuntimeFailure(Exception):
+    """A runtime failed while running good input (onnxruntime or TensorRT raised, out of memory): exit code 3."""
 
 
 class MissingDependencyError(UserError):

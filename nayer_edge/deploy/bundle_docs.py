@@ -121,7 +121,8 @@ TensorRT version or GPU, then gates: parity on {reference['samples']} reference 
 {thresholds['min_cosine']}, top-1 agreement ≥ {thresholds['min_top1_agreement']}){_accuracy_sentence(labelled, accuracy)}{_release_sentence(labelled, manifest.get('release'))}
 and, with `--max-latency-ms MS`{' (or the target budget ' + str(manifest['latency']['max_ms']) + ' ms)' if manifest['latency']['max_ms'] else ''},
 p50 latency at batch {manifest['latency']['batch']}. Exit code 0: every gate passed; 1: a gate failed (named);
-2: bad input. It warns when clocks are not locked.
+2: bad input; 3: the runtime failed (TensorRT or onnxruntime raised, out of memory, Ctrl-C). It warns when clocks
+are not locked. `build_engine.py` exits 0 when built, 2 on bad input, 3 when the build failed.
 
 The same engine with trtexec (TensorRT {trt_version}):
 

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import __version__
-from ..core.errors import UserError
+from ..core.errors import RuntimeFailure, UserError
 from .device_scripts import DEVICE_SCRIPTS, device_module, device_scripts_dir
 
 __all__ = ["verify_bundle", "BundleIntegrityError"]
@@ -45,12 +45,15 @@ def verify_bundle(
     timeout: float = 600,
 ) -> dict[str, Any]:
     """Check a bundle on this machine: hashes first, the bundle's scripts against this installation's, then
-    this installation's ``check.py`` with the onnxruntime backend in a new Python process. Returns check.py's JSON result (``passed``, ``gates``,
-    ``parity``, ``latency``, ...) plus ``exit_code``; gates failing is a result, not an exception.
+    this installation's ``check.py`` with the onnxruntime backend in a new Python process. Returns check.py's JSON
+    result (the schema of ``bundle_io.RESULT_KEYS``: ``passed``, ``gates``, ``parity``, ``latency``, ...; the notes
+    on the bundle's scripts added to ``notes``) plus ``exit_code``, ``summary`` (check.py's lines) and
+    ``script_notes``, which are not part of the schema; gates failing is a result, not an exception.
 
-    Raises BundleIntegrityError (a UserError) naming the first changed, missing or unlisted file, and
-    UserError for anything else check.py calls bad input. ``json=True`` also prints check.py's summary
-    lines to stderr as they come (the CLI's ``--json`` mode prints the result itself).
+    Raises BundleIntegrityError (a UserError) naming the first changed, missing or unlisted file, UserError for
+    anything else check.py calls bad input, and RuntimeFailure when onnxruntime failed to run the model.
+    ``json=True`` also prints check.py's summary lines to stderr as they come (the CLI's ``--json`` mode prints
+    the result itself).
 
     Example: ``verify_bundle("runs/x/bundle", max_latency_ms=5.0)["passed"]``
     """
@@ -65,6 +68,7 @@ def verify_bundle(
     if json and done.stderr:
         sys.stderr.write(done.stderr)
     result = _check_result(folder, done)
+    result["notes"] += script_notes
     result["exit_code"] = done.returncode
     result["summary"] = [line for line in done.stderr.splitlines() if line.strip()] + script_notes
     result["script_notes"] = script_notes
@@ -127,18 +131,21 @@ def _check_command(folder: Path, labelled: str | os.PathLike[str] | None, max_la
 
 
 def _check_result(folder: Path, done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """check.py's JSON result; its bad-input exit, no result at all, or a file it found changed raise."""
-    if done.returncode == 2:
+    """check.py's JSON result; its bad-input or runtime-failure exit, no result at all, or a file it found
+    changed raise."""
+    if done.returncode in (2, 3):
         message = next((line for line in done.stderr.splitlines() if line.startswith("error:")),
                        done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "check.py failed")
-        raise UserError(f"{folder}: {message.removeprefix('error: ')}")
+        error = UserError if done.returncode == 2 else RuntimeFailure
+        raise error(f"{folder}: {message.removeprefix('error: ')}")
     try:
         result = _json_loads(done.stdout)
     except ValueError:
         raise UserError(f"{folder}: check.py printed no result (exit {done.returncode}): "
                         f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}") from None
-    if done.returncode == 1 and result.get("failed_file"):
-        raise BundleIntegrityError(result["failed_file"], f"{folder}: {result['gates'][0]['text']}")
+    failed_file = (result.get("integrity") or {}).get("failed_file")
+    if done.returncode == 1 and failed_file:
+        raise BundleIntegrityError(failed_file, f"{folder}: {result['gates'][0]['text']}")
     return result
 
 

@@ -1,6 +1,7 @@
 """``compress``: the release job: distill → ONNX at the target's precision (INT8 after QAT on the synthetic samples,
-FP16, FP32) → verify with gates → a report a person can read, and for a TensorRT target the deploy bundle.
-``deploy`` is the same job on an existing distill folder."""
+FP16, FP32) → verify with gates → a report a person can read, and for a TensorRT target the deploy bundle. A CPU
+target without ``--precision`` builds FP32 and INT8 and deploys the faster that passes the accuracy gates
+(:mod:`~nayer_edge.deploy.choice`). ``deploy`` is the same job on an existing distill folder."""
 
 from __future__ import annotations
 
@@ -21,15 +22,18 @@ from ..distill.distributed import launch_env
 from ..distill.run import distill
 from ..distill.run_folder import CHECKPOINT, read_student_spec, require_code_trust
 from ..inputs.evaldata import load_eval_data
+from ..onnx_model.exporter import onnx_session
 from ..onnx_model.fp16 import to_fp16
 from ..onnx_model.student import export
 from ..quantize.run import load_run_teacher, quantize
 from .bundle_build import make_bundle
 from .bundle_verify import verify_bundle
+from .choice import FORCED, Candidate, Choice, choose_fastest, fixed
 from .gates import onnx_predictions, release_summary, teacher_gates, teacher_predictions
+from .latency import compare_latency
 from .report import render_report
 from .targets import load_target
-from .verify import Gate, verify
+from .verify import Gate, VerifyResult, latency_gate, verify
 
 
 # Keyword-only options, one per command-line option of the command it backs: the library's public API.
@@ -106,15 +110,20 @@ def deploy(run_dir: str | Path, *, target: str, eval_data: str | Path | None = N
 
 # What the deployment stages cost on a CPU of the development machine (BENCHMARKS.md, the planner section):
 # ONNX export with its parity check, verification with latency of each model, the report; INT8 adds calibration,
-# and QAT its fine-tuning (capped to QAT_SECONDS_SHARE of the budget, see quantize).
+# and QAT its fine-tuning (capped to QAT_SECONDS_SHARE of the budget, see quantize). Choosing between FP32 and
+# INT8 adds the FP32 candidate's check against the PyTorch student and its gates (CHOICE_SECONDS); both are timed
+# side by side for as long as INT8 alone timed them before.
 DEPLOY_FIXED_SECONDS = {"fp32": 8.0, "fp16": 10.0, "int8": 16.0}
+CHOICE_SECONDS = 2.0
 QAT_SECONDS_SHARE = 0.06
 BUNDLE_SECONDS = 6.0
+LATENCY_SECONDS = 2.0  # timed seconds per model (verify's default), side by side when there are two
 
 
 def deployment_seconds(plan: "DeploymentPlan", config: DistillConfig) -> float:
     """Seconds a budgeted compress keeps back for everything after distillation."""
     seconds = DEPLOY_FIXED_SECONDS.get(plan.precision, 16.0) + (BUNDLE_SECONDS if plan.on_device else 0.0)
+    seconds += CHOICE_SECONDS if plan.choose_fastest else 0.0
     if plan.precision == "int8" and plan.qat and config.time_budget:
         seconds += QAT_SECONDS_SHARE * config.time_budget
     return seconds
@@ -122,7 +131,9 @@ def deployment_seconds(plan: "DeploymentPlan", config: DistillConfig) -> float:
 
 @dataclass(frozen=True)
 class DeploymentPlan:
-    """What to build for a target, resolved and validated before any work starts."""
+    """What to build for a target, resolved and validated before any work starts. ``precision`` is what is built
+    besides the FP32 export; with ``choose_fastest`` (a CPU target, no ``--precision``) that is INT8, and the
+    faster of FP32 and INT8 that passes the accuracy gates is deployed."""
 
     target: Any
     precision: str
@@ -131,6 +142,8 @@ class DeploymentPlan:
     max_latency_ms: float | None
     min_teacher_retention: float | None = None
     min_teacher_agreement: float | None = None
+    choose_fastest: bool = False
+    forced: bool = False  # --precision given
 
     @property
     def on_device(self) -> bool:
@@ -142,6 +155,9 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
                     min_teacher_agreement: float | None = None) -> DeploymentPlan:
     """Resolve the target's defaults; raise UserError for a combination the target cannot do."""
     spec = load_target(target)
+    # A CPU's latency can be measured here, so it decides; a TensorRT target's only on the device.
+    choose_fastest = precision is None and spec.runtime == "onnxruntime" and spec.precision == "int8"
+    precision_given = precision is not None
     precision = precision or spec.precision
     available = ("fp32", "int8") if spec.runtime == "onnxruntime" else ("fp32", "fp16", "int8")
     if precision not in available:
@@ -164,7 +180,8 @@ def plan_deployment(target: str, *, precision: str | None, qat: bool | None, max
         agreement = None
     if spec.runtime == "tensorrt":
         require("onnx")  # fail before distilling when the bundle could not be written
-    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None)
+    return DeploymentPlan(spec, precision, qat, max_accuracy_drop, max_latency_ms, retention or None, agreement or None,
+                          choose_fastest, precision_given)
 
 
 @dataclass(frozen=True)
@@ -185,11 +202,15 @@ class DeployInputs:
 @dataclass(frozen=True)
 class _Models:
     """The ONNX models a deployment built: the FP32 export (``export``'s result), the INT8 result of ``quantize``
-    (None unless INT8) and the path of the model that is deployed."""
+    (None unless INT8) and the path of the model at the plan's precision (the FP32 export for FP32)."""
 
     exported: dict[str, Any]
     int8: dict[str, Any] | None
-    deployed: str
+    built: str
+
+    def paths(self, precision: str) -> dict[str, str]:
+        """Each candidate's file by precision: FP32, and the plan's precision when that is another."""
+        return {"fp32": str(self.exported["onnx"]), precision: str(self.built)}
 
 
 def _deploy(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -200,23 +221,24 @@ def _deploy(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any]) ->
     models = _build_models(run, plan, teacher_model)
     with run.progress.stage("verify"):
         results = _verify_models(run, plan, models)
-        proxy = plan.min_teacher_agreement is not None
-        agreement = _synthetic_agreement(run.out_dir, models.deployed, teacher_model) if proxy else None
-    final = results[plan.precision]
-    against_teacher = teacher_gates(metrics, deployed_accuracy=final.accuracy,
-                                    deployed_agreement=agreement, min_retention=plan.min_teacher_retention,
-                                    min_agreement=plan.min_teacher_agreement)
+        # Judged against the teacher: every candidate when the gates choose between them, else the deployed one.
+        paths = models.paths(plan.precision)
+        judged = {name: _teacher_judgement(run, plan, metrics, paths[name], results[name], teacher_model)
+                  for name in (results if plan.choose_fastest else [plan.precision])}
+        choice = _choose(plan, paths, results, judged)
+    final = results[choice.precision]
+    against_teacher, agreement = judged[choice.precision]
     release = release_summary(metrics, against_teacher, min_retention=plan.min_teacher_retention,
                               min_agreement=plan.min_teacher_agreement)
     bundle = None
     if plan.on_device:
         with run.progress.stage("bundle"):
-            bundle = _bundle(run, plan, models.deployed, results["fp32"].accuracy, release)
+            bundle = _bundle(run, plan, models.built, results["fp32"].accuracy, release)
     final_gates = against_teacher + list(final.gates)
     if bundle is not None:
         failed = sum(not g.get("passed", False) for g in bundle["check"].get("gates", []))
         final_gates.append(Gate("bundle_check_onnxruntime", 0.0, float(failed), bundle["check"]["passed"]))
-    metrics.update(_deployment_metrics(plan, models, results, final_gates, release, agreement, bundle))
+    metrics.update(_deployment_metrics(plan, models, results, final_gates, release, agreement, bundle, choice))
     _record_artifacts(metrics["artifacts"], run.out_dir, plan.precision, models, bundle)
     atomic_write_text(run.out_dir / rf.METRICS, json.dumps(metrics, indent=2))
     atomic_write_text(run.out_dir / rf.REPORT, render_report(metrics, plan.target.name))
@@ -250,27 +272,79 @@ def _build_models(run: DeployInputs, plan: DeploymentPlan, teacher_model: Any) -
                             teacher=teacher_model if qat else None, teacher_options=run.teacher_options,
                             eval_data=run.eval_data, batch=batch, opset=spec.opset, show_progress=run.progress,
                             trust_code=run.trust_code, qat_seconds=run.qat_seconds)
-        deployed = int8["int8_onnx"]
+        built = int8["int8_onnx"]
     elif precision == "fp16":
         with run.progress.stage("fp16"):
-            deployed = str(to_fp16(exported["onnx"], run.out_dir / rf.STUDENT_FP16_ONNX))
+            built = str(to_fp16(exported["onnx"], run.out_dir / rf.STUDENT_FP16_ONNX))
     else:
-        deployed = exported["onnx"]
-    return _Models(exported, int8, deployed)
+        built = exported["onnx"]
+    return _Models(exported, int8, built)
 
 
-def _verify_models(run: DeployInputs, plan: DeploymentPlan, models: _Models) -> dict[str, Any]:
-    """``verify`` of the FP32 export and of the deployed model (the same one for FP32), by precision; the gates
-    are the deployed model's."""
+def _verify_models(run: DeployInputs, plan: DeploymentPlan, models: _Models) -> dict[str, VerifyResult]:
+    """``verify`` of the FP32 export and of the model at the plan's precision (the same one for FP32), by
+    precision, each with its gates. On a CPU target the two are timed side by side, with the same session
+    settings, for the choice and the latency gate."""
     # A TensorRT target's latency gate is checked on the device (the bundle's check), not on this host.
-    gates = {"max_accuracy_drop": plan.max_accuracy_drop,
-             "max_latency_ms": None if plan.on_device else plan.max_latency_ms}
-    batch, eval_data = plan.target.batch, run.eval_data
+    max_latency_ms = None if plan.on_device else plan.max_latency_ms
+    batch, eval_data, exported = plan.target.batch, run.eval_data, models.exported["onnx"]
     if plan.precision == "fp32":
-        return {"fp32": verify(models.deployed, eval_data=eval_data, reference=run.out_dir, batch=batch, **gates)}
-    return {"fp32": verify(models.exported["onnx"], eval_data=eval_data, batch=batch),
-            plan.precision: verify(models.deployed, eval_data=eval_data, reference=models.exported["onnx"],
-                                   batch=batch, **gates)}
+        return {"fp32": verify(models.built, eval_data=eval_data, reference=run.out_dir, batch=batch,
+                               max_accuracy_drop=plan.max_accuracy_drop, max_latency_ms=max_latency_ms)}
+    side_by_side = not plan.on_device
+    # Timed below, side by side: verify's own timing is cut to its minimum of 20 calls.
+    quick: dict[str, Any] = {"latency_seconds": 0.0, "warmup_seconds": 0.0} if side_by_side else {}
+    # As a candidate FP32 is checked as a forced FP32 is: against the PyTorch student, with the drop gate.
+    fp32_check: dict[str, Any] = ({"reference": run.out_dir, "max_accuracy_drop": plan.max_accuracy_drop}
+                                  if plan.choose_fastest else {})
+    results = {"fp32": verify(exported, eval_data=eval_data, batch=batch, **fp32_check, **quick),
+               plan.precision: verify(models.built, eval_data=eval_data, reference=exported, batch=batch,
+                                      max_accuracy_drop=plan.max_accuracy_drop,
+                                      max_latency_ms=None if side_by_side else max_latency_ms, **quick)}
+    if side_by_side:
+        _time_side_by_side(results, models.paths(plan.precision), max_latency_ms)
+    return results
+
+
+def _time_side_by_side(results: dict[str, VerifyResult], paths: dict[str, str], max_latency_ms: float | None) -> None:
+    """Every model's latency from one side-by-side measurement (``compare_latency``) into its result, with the
+    latency gate when there is a limit."""
+    first = results["fp32"]
+    sessions = {name: onnx_session(paths[name]) for name in results}
+    stats = compare_latency(sessions, first.latency.batch, first.input_shape, seconds=LATENCY_SECONDS)
+    for name, result in results.items():
+        result.latency = stats[name]
+        if max_latency_ms is not None:
+            result.gates.append(latency_gate(stats[name], max_latency_ms))
+        result.passed = all(g.passed for g in result.gates)
+
+
+def _teacher_judgement(run: DeployInputs, plan: DeploymentPlan, metrics: dict[str, Any], path: str,
+                       result: VerifyResult, teacher_model: Any) -> tuple[list[Gate], float | None]:
+    """A candidate's gates against the teacher, and its agreement with the teacher on held-out synthetic samples
+    when that proxy stands in for eval data."""
+    proxy = plan.min_teacher_agreement is not None
+    agreement = _synthetic_agreement(run.out_dir, path, teacher_model) if proxy else None
+    gates = teacher_gates(metrics, deployed_accuracy=result.accuracy, deployed_agreement=agreement,
+                          min_retention=plan.min_teacher_retention, min_agreement=plan.min_teacher_agreement)
+    return gates, agreement
+
+
+def _choose(plan: DeploymentPlan, paths: dict[str, str], results: dict[str, VerifyResult],
+            judged: dict[str, tuple[list[Gate], float | None]]) -> Choice:
+    """The model to deploy: the fastest that passes (a CPU target without --precision), else the plan's."""
+    on_host = not plan.on_device
+    candidates = {name: Candidate(name, paths[name], results[name].latency.p50_ms if on_host else None,
+                                  results[name].latency.batch, [*judged.get(name, ([], None))[0],
+                                                                *results[name].gates])
+                  for name in results}
+    if plan.choose_fastest:
+        return choose_fastest([candidates["fp32"], candidates[plan.precision]])
+    others = [c for name, c in candidates.items() if name != plan.precision]
+    reason = (FORCED if plan.forced else
+              "the target's precision" + ("; a TensorRT target's latency is measured on the device, by the bundle's "
+                                           "check" if plan.on_device else ""))
+    return fixed(candidates[plan.precision], others, reason)
 
 
 def _built_candidates(int8: dict[str, Any] | None) -> dict[str, Any]:
@@ -279,13 +353,15 @@ def _built_candidates(int8: dict[str, Any] | None) -> dict[str, Any]:
     return {name: c for name, c in candidates.items() if "onnx" in c}
 
 
-def _deployment_metrics(plan: DeploymentPlan, models: _Models, results: dict[str, Any], final_gates: list[Gate],
-                        release: dict[str, Any], agreement: float | None,
-                        bundle: dict[str, Any] | None) -> dict[str, Any]:
+# One parameter per part of the deployment the metrics record: the count is what there is to record.
+def _deployment_metrics(plan: DeploymentPlan, models: _Models, results: dict[str, VerifyResult],
+                        final_gates: list[Gate], release: dict[str, Any], agreement: float | None,
+                        bundle: dict[str, Any] | None, choice: Choice) -> dict[str, Any]:
     """What the deployment adds to the run's metrics."""
-    spec, precision, exported, int8 = plan.target, plan.precision, models.exported, models.int8
+    spec, exported, int8 = plan.target, models.exported, models.int8
     return {
-        "target": spec.name, "precision": precision, "qat": "qat" in _built_candidates(int8),
+        "target": spec.name, "precision": choice.precision, "qat": "qat" in _built_candidates(int8),
+        "deployed": choice.record(),
         "fp32_onnx_accuracy": results["fp32"].accuracy,
         "fp16_accuracy": results["fp16"].accuracy if "fp16" in results else None,
         "int8_accuracy": results["int8"].accuracy if int8 else None,
@@ -300,7 +376,7 @@ def _deployment_metrics(plan: DeploymentPlan, models: _Models, results: dict[str
                            "throughput": r.latency.throughput, "batch": r.latency.batch}
                     for name, r in results.items()},
         "model_bytes": {"fp32": exported["bytes"], **({"int8": int8["int8_bytes"]} if int8 else {}),
-                        **({"fp16": Path(models.deployed).stat().st_size} if precision == "fp16" else {})},
+                        **({"fp16": Path(models.built).stat().st_size} if plan.precision == "fp16" else {})},
         "gates": [{"name": g.name, "limit": g.limit, "value": g.value, "passed": g.passed, "rule": g.rule}
                   for g in final_gates],
         "passed": all(g.passed for g in final_gates),
@@ -310,20 +386,20 @@ def _deployment_metrics(plan: DeploymentPlan, models: _Models, results: dict[str
         "bundle": None if bundle is None else {"dir": bundle["bundle_dir"], "archive": bundle["archive"],
                                                "host_check": {k: bundle["check"].get(k) for k in
                                                               ("passed", "backend", "parity", "accuracy", "gates")}},
-        "deployed_model": str(models.deployed),
+        "deployed_model": choice.candidate.file,
     }
 
 
 def _record_artifacts(artifacts: dict[str, Any], out_dir: Path, precision: str, models: _Models,
                       bundle: dict[str, Any] | None) -> None:
-    """The deployment's files into the metrics' ``artifacts``."""
+    """The deployment's files into the metrics' ``artifacts`` (every candidate's, deployed or not)."""
     artifacts.update({rf.STUDENT_ONNX: models.exported["onnx"], rf.REPORT: str(out_dir / rf.REPORT)})
     if bundle is not None:
         artifacts.update({"bundle": bundle["bundle_dir"], "bundle.tar.gz": bundle["archive"]})
     if precision == "fp16":
-        artifacts[rf.STUDENT_FP16_ONNX] = models.deployed
+        artifacts[rf.STUDENT_FP16_ONNX] = models.built
     if models.int8:
-        artifacts[rf.STUDENT_INT8_ONNX] = models.deployed
+        artifacts[rf.STUDENT_INT8_ONNX] = models.int8["int8_onnx"]
         built = _built_candidates(models.int8)
         artifacts.update({Path(c["onnx"]).name: c["onnx"] for c in built.values()})
         if "qat" in built:

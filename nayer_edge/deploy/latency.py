@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..onnx_model.exporter import _ORT_FLOAT_TYPES, onnx_session
 
-__all__ = ["LatencyStats", "measure_latency", "onnx_latency", "nearest_rank"]
+__all__ = ["LatencyStats", "compare_latency", "measure_latency", "onnx_latency", "nearest_rank"]
 
 
 @dataclass
@@ -110,18 +110,50 @@ def measure_latency(
         raise UserError(f"min_iterations must be at least 1, got {min_iterations}")
     if warmup_seconds < 0 or min_seconds < 0:
         raise UserError("warmup_seconds and min_seconds must not be negative")
-    clock = time.perf_counter
-    start = clock()
+    _warm_up(run, warmup_seconds)
+    return LatencyStats.from_seconds(_timed_calls(run, min_iterations, min_seconds), batch)
+
+
+def _warm_up(run: Callable[[], Any], seconds: float) -> None:
+    start = time.perf_counter()
     run()
-    while clock() - start < warmup_seconds:
+    while time.perf_counter() - start < seconds:
         run()
+
+
+def _timed_calls(run: Callable[[], Any], min_iterations: int, min_seconds: float) -> list[float]:
+    """The duration of each call, until both ``min_iterations`` calls and ``min_seconds`` have passed."""
+    clock = time.perf_counter
     times: list[float] = []
     began = clock()
     while len(times) < min_iterations or clock() - began < min_seconds:
         t0 = clock()
         run()
         times.append(clock() - t0)
-    return LatencyStats.from_seconds(times, batch)
+    return times
+
+
+def compare_latency(sessions: Mapping[str, Any], batch: int, input_shape: Sequence[int], *, seconds: float = 2.0,
+                    rounds: int = 8, warmup_seconds: float = 0.5, min_iterations: int = 20, seed: int = 0
+                    ) -> dict[str, LatencyStats]:
+    """Latency of several onnxruntime sessions side by side, for choosing between them: the same random input,
+    each warmed up alike, then timed in ``rounds`` alternating turns (``seconds`` per session in all, in the
+    order A B, B A, ...), so that a machine that grows busier or quieter half-way weighs on every session alike
+    instead of on whichever was timed second. Per session, the stats pool its turns' calls.
+
+    Example: ``compare_latency({"fp32": onnx_session(a), "int8": onnx_session(b)}, 32, (1, 16, 16))["int8"].p50_ms``
+    """
+    if rounds < 1 or seconds < 0:
+        raise UserError(f"rounds must be at least 1 and seconds not negative, got {rounds} and {seconds:g}")
+    calls = {name: _session_call(session, batch, input_shape, seed, name) for name, session in sessions.items()}
+    for call in calls.values():
+        _warm_up(call, warmup_seconds)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for turn in range(rounds):
+        for name in (order if turn % 2 == 0 else order[::-1]):
+            times[name] += _timed_calls(calls[name], math.ceil(min_iterations / rounds), seconds / rounds)
+    return {name: LatencyStats.from_seconds(times[name], batch) for name in order}
 
 
 def onnx_latency(
@@ -150,13 +182,20 @@ def session_latency(session: Any, batch: int, input_shape: Sequence[int] | None 
     """``onnx_latency`` for an already open onnxruntime session."""
     inp = session.get_inputs()[0]
     dims = list(inp.shape)
-    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:
-        raise UserError(f"{where} has a fixed batch size {dims[0]}; measure it at batch {dims[0]}")
     if input_shape is None:
         if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
             raise UserError(f"{where}: input shape {dims} is not fixed; pass input_shape (C, H, W)")
         input_shape = dims[1:]
+    return measure_latency(_session_call(session, batch, input_shape, seed, where), batch=batch, **kw)
+
+
+def _session_call(session: Any, batch: int, input_shape: Sequence[int], seed: int, where: str) -> Callable[[], Any]:
+    """One timed call: ``session`` on a fixed random batch of ``batch`` × ``input_shape`` in [0, 1)."""
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0]
+    if isinstance(fixed, int) and fixed > 0 and fixed != batch:
+        raise UserError(f"{where} has a fixed batch size {fixed}; measure it at batch {fixed}")
     rng = np.random.default_rng(seed)
     x = rng.random((batch, *[int(d) for d in input_shape])).astype(_ORT_FLOAT_TYPES.get(inp.type, np.float32))
     feed = {inp.name: x}
-    return measure_latency(lambda: session.run(None, feed), batch=batch, **kw)
+    return lambda: session.run(None, feed)

@@ -18,19 +18,32 @@ def _pct(value: float | None) -> str:
 def _accuracy(metrics: dict[str, Any], target: str) -> list[str]:
     """Result and top-1 of teacher, student and the deployed model."""
     lines: list[str] = []
+
+    def mark(precision: str) -> str:
+        return ", **deployed**" if metrics["precision"] == precision else ""
+
     lines += [f"# nayer-edge compress report: {target}", "",
              f"**Result: {'PASS' if metrics['passed'] else 'FAIL'}**: deployed model `{Path(metrics['deployed_model']).name}` "
-             f"({metrics['precision']}).", "",
+             f"({metrics['precision']}).", *_deployed_line(metrics), "",
              "## Accuracy (top-1 on held-out real data)", "", "| model | top-1 | parameters / bytes |", "|---|---:|---:|",
              f"| teacher | {_pct(metrics['teacher_accuracy'])} | {metrics['teacher_params']:,} params |",
              f"| student, PyTorch FP32 | {_pct(metrics['student_accuracy'])} | {metrics['student_params']:,} params |",
-             f"| student, ONNX FP32 | {_pct(metrics['fp32_onnx_accuracy'])} | {metrics['model_bytes']['fp32']:,} B |"]
+             f"| student, ONNX FP32{mark('fp32')} | {_pct(metrics['fp32_onnx_accuracy'])} | {metrics['model_bytes']['fp32']:,} B |"]
     if metrics["int8_accuracy"] is not None:
-        lines.append(f"| student, ONNX INT8 deployed ({metrics['int8_method'].upper()}) | {_pct(metrics['int8_accuracy'])} | "
-                     f"{metrics['model_bytes']['int8']:,} B |")
+        lines.append(f"| student, ONNX INT8 ({metrics['int8_method'].upper()}){mark('int8')} | "
+                     f"{_pct(metrics['int8_accuracy'])} | {metrics['model_bytes']['int8']:,} B |")
     if metrics["precision"] == "fp16":
-        lines.append(f"| student, ONNX FP16 | {_pct(metrics.get('fp16_accuracy'))} | {metrics['model_bytes']['fp16']:,} B |")
+        lines.append(f"| student, ONNX FP16{mark('fp16')} | {_pct(metrics.get('fp16_accuracy'))} | "
+                     f"{metrics['model_bytes']['fp16']:,} B |")
     return lines
+
+
+def _deployed_line(metrics: dict[str, Any]) -> list[str]:
+    """Which model was deployed and why (metrics ``deployed``; absent in run folders made before it was)."""
+    deployed = metrics.get("deployed")
+    if not deployed:
+        return []
+    return ["", f"Deployed {deployed['precision'].upper()}: {deployed['reason']}."]
 
 
 def _int8(metrics: dict[str, Any]) -> list[str]:
@@ -74,6 +87,8 @@ def _latency(metrics: dict[str, Any]) -> list[str]:
     for name, lat in metrics["latency"].items():
         lines.append(f"| {name} | {lat['batch']} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} | "
                      f"{lat['throughput']:,.0f} |")
+    if len(metrics["latency"]) > 1 and not metrics.get("bundle"):
+        lines += ["", "Timed side by side (alternating turns, the same input and session settings)."]
 
     return lines
 

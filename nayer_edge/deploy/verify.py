@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError, first_line
+from ..core.optional import require
 from ..distill import run_folder as rf
 from ..inputs.evaldata import load_eval_data
 from ..onnx_model.exporter import (
@@ -33,9 +34,10 @@ from ..onnx_model.exporter import (
     read_metadata,
     run_session,
 )
+from .device_scripts import device_module
 from .latency import LatencyStats, session_latency
 
-__all__ = ["Gate", "VerifyResult", "verify"]
+__all__ = ["Gate", "VerifyResult", "latency_gate", "verify"]
 
 PARITY_SAMPLES = 64  # random [0, 1] images for parity when there is no eval data
 
@@ -70,10 +72,40 @@ class VerifyResult:
     input_shape: list[int] = field(default_factory=list)
     samples: int = 0
     notes: list[str] = field(default_factory=list)
+    runtime: str = ""
+    precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (nested reports as dicts)."""
-        return asdict(self)
+        """The result as JSON in the schema the bundle's ``check.py --json`` uses too (``bundle_io.RESULT_KEYS``,
+        README "verify and check: one JSON result"): the same keys, null where a field does not apply here."""
+        result = device_module("bundle_io").new_result()
+        result.update(
+            passed=self.passed, model=self.model, backend="onnxruntime", runtime=self.runtime,
+            precision=self.precision, input=self.input, input_shape=list(self.input_shape), accuracy=self.accuracy,
+            accuracy_samples=self.samples if self.accuracy is not None else None,
+            reference_accuracy=self.reference_accuracy, accuracy_drop_points=self.accuracy_drop,
+            teacher_accuracy=self.teacher_accuracy, latency={**self.latency.to_dict(), "timed": TIMED},
+            gates=[gate_dict(g) for g in self.gates], notes=list(self.notes))
+        if self.parity is not None:
+            p = self.parity
+            result["parity"] = {"reference": self.reference, "samples": p.samples, "min_cosine": p.cosine_similarity,
+                                "max_abs_error": p.max_abs_error, "mean_abs_error": p.mean_abs_error,
+                                "top1_agreement": p.top1_agreement}
+        return result
+
+
+TIMED = "InferenceSession.run on host memory"  # what the latency times, as check.py says it for onnxruntime
+
+
+def gate_dict(gate: Gate) -> dict[str, Any]:
+    """A gate as the JSON result has it: its fields and a line saying it in words."""
+    rule = "≥" if gate.rule == ">=" else "≤"
+    return {**asdict(gate), "text": f"{gate.name} {gate.value:.4g} (limit {rule} {gate.limit:.4g})"}
+
+
+def latency_gate(latency: LatencyStats, max_latency_ms: float) -> Gate:
+    """p50 latency at most ``max_latency_ms``."""
+    return Gate("latency_p50_ms", float(max_latency_ms), latency.p50_ms, latency.p50_ms <= max_latency_ms)
 
 
 @dataclass
@@ -147,7 +179,8 @@ def verify(
         passed=all(g.passed for g in gates), model=str(path),
         reference=str(reference) if reference is not None else None,
         input=NORMALISED if model.mean is not None else IMAGES01, input_shape=list(shape),
-        samples=len(y) if y is not None else 0, notes=notes,
+        samples=len(y) if y is not None else 0, notes=notes, runtime=_runtime(session),
+        precision=_precision(_onnx_metadata(session)),
     )
 
 
@@ -264,7 +297,7 @@ def _gates(accuracy: float | None, teacher_accuracy: float | None, accuracy_drop
         gates.append(Gate("teacher_retention", float(min_teacher_retention), retention,
                           retention >= min_teacher_retention, rule=">="))
     if max_latency_ms is not None:
-        gates.append(Gate("latency_p50_ms", float(max_latency_ms), latency.p50_ms, latency.p50_ms <= max_latency_ms))
+        gates.append(latency_gate(latency, max_latency_ms))
     return gates
 
 
@@ -273,6 +306,19 @@ def _gates(accuracy: float | None, teacher_accuracy: float | None, accuracy_drop
 
 def _onnx_metadata(session: Any) -> dict[str, Any]:
     return read_metadata(session)
+
+
+def _runtime(session: Any) -> str:
+    """What ran the model, as check.py says it: ``onnxruntime 1.22.0 (CPUExecutionProvider)``."""
+    return f"onnxruntime {require('onnxruntime').__version__} ({', '.join(session.get_providers())})"
+
+
+def _precision(meta: dict[str, Any]) -> str | None:
+    """The precision the model's metadata names (FP16 and TensorRT INT8 exports say it), else None."""
+    if isinstance(meta.get("precision"), str):
+        return meta["precision"]
+    quantization = meta.get("quantization")
+    return "int8" if isinstance(quantization, str) and quantization.startswith("int8") else None
 
 
 def _onnx_predictor(session: Any, path: Path, notes: list[str]) -> _Predictor:

@@ -275,7 +275,8 @@ def onnx_session(path: str | os.PathLike[str], providers: Sequence[str] | None =
         raise UserError(f"onnxruntime provider {missing[0]} is not available here (available: {', '.join(available)})")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: no "removing initializer" chatter
+    # Fatal only: no "removing initializer" chatter, and a failed run is the exception it raises, said once.
+    options.log_severity_level = 4
     if threads is not None:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
