@@ -35,7 +35,7 @@ def test_import_is_light():
 def test_module_and_help():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("distill", "compress", "inspect", "demo", "export", "quantize", "verify", "models", "targets",
+    for command in ("distill", "compress", "inspect", "demo", "export", "deploy", "quantize", "verify", "models", "targets",
                     "recipes"):
         assert command in result.stdout
 

@@ -16,7 +16,7 @@ from ..core.errors import UserError
 from ..core.interrupt import Interrupted, abort_on_signals
 
 # Importing a command's module registers it on the app, in the order --help lists them.
-from . import compress, demo, distill, export, inspect, lists, plan, quantize, verify  # noqa: F401 - importing a command module registers its command
+from . import compress, demo, deploy, distill, export, inspect, lists, plan, quantize, verify  # noqa: F401 - importing a command module registers its command
 from .app import app, err_console
 from .errors import (
     EXIT_RUNTIME_FAILURE,

@@ -11,12 +11,16 @@ from .app import app
 from .options import (
     DISTILL_OPTIONS,
     AgreementOpt,
+    JobOpt,
     JsonOpt,
+    OptionalTeacherArg,
     OutOpt,
     Precision,
     RetentionOpt,
-    TeacherArg,
-    distill_kwargs,
+    clock_start,
+    config_overrides,
+    given_options,
+    teacher_kwargs,
     with_options,
 )
 from .output import fail_on_gates, print_deployment, print_result
@@ -27,7 +31,9 @@ from .progress import reporting
 @app.command()
 @with_options(*DISTILL_OPTIONS)
 def compress(
-    teacher: TeacherArg,
+    ctx: typer.Context,
+    teacher: OptionalTeacherArg = None,
+    job_file: JobOpt = None,
     target: Annotated[str, typer.Option("--target", help="Deployment target (nayer-edge targets).")] = "cpu-x86",
     out: OutOpt = Path("runs/compress"),
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the target's.")] = None,
@@ -38,13 +44,20 @@ def compress(
     as_json: JsonOpt = False, *, options: dict[str, Any],
 ) -> None:
     """Distil, quantize, export and verify for a deployment target; exit 1 when a gate fails."""
+    from ..deploy.job import compress_arguments, load_job
+
+    job = load_job(job_file) if job_file is not None else None  # read and checked before torch is imported
+    command_line = {"teacher": teacher, "target": target, "out": out, "precision": precision.value if precision else None,
+                    "qat": qat, "max_accuracy_drop": max_accuracy_drop, "max_latency_ms": max_latency_ms,
+                    "min_teacher_retention": min_teacher_retention, "min_teacher_agreement": min_teacher_agreement,
+                    "eval_data": options["eval_data"], "recipe": options["recipe"], **teacher_kwargs(options),
+                    "config_overrides": config_overrides(options)}
+    arguments = compress_arguments(job, command_line, given_options(ctx))
     from ..deploy.compress import compress as run_compress
 
     with reporting("compress", options, as_json) as progress:
-        metrics = run_compress(teacher, target=target, out_dir=out, precision=precision.value if precision else None,
-                               qat=qat, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                               min_teacher_retention=min_teacher_retention,
-                               min_teacher_agreement=min_teacher_agreement, **distill_kwargs(options, progress))
+        metrics = run_compress(**arguments, clock_start=clock_start(), resume=options["resume"],
+                               show_progress=progress)
         progress.result("compress", metrics)
     print_result(metrics, as_json, f"compress → {metrics['target']}")
     if not as_json:

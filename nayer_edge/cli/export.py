@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,8 +10,8 @@ import typer
 
 from ..distill import run_folder as rf
 from .app import app, console, err_console
+from .deploy import run_deploy
 from .options import AgreementOpt, JsonOpt, Precision, RetentionOpt, TrustCodeOpt, TrustOpt
-from .output import fail_on_gates, print_deployment
 
 
 # One parameter per command-line option (typer reads the options from the signature): the count is the interface.
@@ -34,22 +33,14 @@ def export_command(
     trust_code: TrustCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime (or, with --target, deploy it)."""
+    """Export a distilled student to ONNX, checked against PyTorch in onnxruntime (or, with --target, what `deploy` does)."""
     from ..onnx_model.exporter import ParityError
     from ..onnx_model.student import export
 
     if target is not None:
-        from ..deploy.compress import deploy
-
-        metrics = deploy(run_dir, target=target, eval_data=eval_data, precision=precision.value if precision else None,
-                         qat=qat, teacher=teacher, trust_pickle=trust_pickle, trust_code=trust_code,
-                         min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
-                         show_progress=not as_json or sys.stderr.isatty())
-        if as_json:
-            print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
-        else:
-            print_deployment(metrics)
-        fail_on_gates(metrics)
+        run_deploy(run_dir, target=target, precision=precision, qat=qat, eval_data=eval_data, teacher=teacher,
+                   min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement,
+                   trust_pickle=trust_pickle, trust_code=trust_code, as_json=as_json)
         return
     try:
         result = export(run_dir, out or run_dir / rf.STUDENT_ONNX, batch=batch, fold_normalization=fold_normalization,

@@ -40,6 +40,12 @@ class AmpKind(str, Enum):
 
 
 TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch.")]
+OptionalTeacherArg = Annotated[Optional[Path], typer.Argument(
+    help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch \\[default: the job file's teacher].",
+    show_default=False)]
+JobOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="Job file (YAML, recipes/jobs/job.schema.json): teacher, target, gates, recipe, ...; the "
+    "options you give win over its keys.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Zoo architecture of a state-dict teacher.")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names: a file (one per line) or a comma-separated list.")]
 ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W the teacher takes \\[default: metadata, else 3,32,32].")]
@@ -146,17 +152,30 @@ CONFIG_OPTIONS = ("student", "epochs", "time_budget", "generator", "embedding", 
                   "device", "seed", "amp", "channels_last", "compile", "schedule")
 
 
-def config_from(options: dict[str, Any]) -> tuple[Any, set[str]]:
-    """The run's config, defaults ← recipe ← the command's options (those in CONFIG_OPTIONS), and the settings the
-    recipe and options chose (the planner keeps them)."""
-    from ..distill.config import chosen_keys, load_config
-
+def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The command's options that override a DistillConfig field (CONFIG_OPTIONS), as the config spells them; None:
+    not given."""
     overrides = {key: options[key] for key in CONFIG_OPTIONS if key in options}
     for key in ("generator", "embedding", "device", "amp", "schedule"):
         if overrides.get(key) is not None:
             overrides[key] = overrides[key].value
     overrides["allow_download"] = overrides.get("allow_download") or None
+    return overrides
+
+
+def config_from(options: dict[str, Any]) -> tuple[Any, set[str]]:
+    """The run's config, defaults ← recipe ← the command's options (those in CONFIG_OPTIONS), and the settings the
+    recipe and options chose (the planner keeps them)."""
+    from ..distill.config import chosen_keys, load_config
+
+    overrides = config_overrides(options)
     return load_config(options["recipe"], overrides), chosen_keys(options["recipe"], overrides)
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters the user gave (on the command line or through the environment), not left at their defaults."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
 
 
 def distill_kwargs(options: dict[str, Any], progress: Any) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def compress(teacher: str | Path, *, target: str, out_dir: str | Path, config: D
     """
     if launch_env().distributed:
         raise UserError("compress runs in one process (its export and quantize stages are not distributed): run "
-                        "`torchrun ... nayer-edge distill`, then `nayer-edge export RUN_DIR --target ...`")
+                        "`torchrun ... nayer-edge distill`, then `nayer-edge deploy RUN_DIR --target ...`")
     plan = plan_deployment(target, precision=precision, qat=qat, max_accuracy_drop=max_accuracy_drop,
                            max_latency_ms=max_latency_ms, has_eval_data=eval_data is not None,
                            min_teacher_retention=min_teacher_retention, min_teacher_agreement=min_teacher_agreement)
