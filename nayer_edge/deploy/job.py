@@ -25,12 +25,16 @@ from ..core.atomic import atomic_write_text
 from ..core.errors import UserError
 from ..core.json_schema import DRAFT, dataclass_schema
 from ..core.strict import closest_name, from_dict, load_yaml
-from ..distill.config import RECIPES_DIR, DistillConfig, chosen_keys, load_config
+from ..distill.config import DistillConfig, chosen_keys, load_config, recipes_dir
 from ..inputs.teacher_spec import parse_classes, parse_floats, parse_shape
 from .targets import load_target
 
-JOBS_DIR = RECIPES_DIR / "jobs"
-JOB_SCHEMA = JOBS_DIR / "job.schema.json"
+JOB_SCHEMA_NAME = "job.schema.json"
+
+
+def job_schema_path() -> Path:
+    """The committed JSON Schema of job files: recipes/jobs/ of a checkout, or where a wheel installed it."""
+    return recipes_dir() / "jobs" / JOB_SCHEMA_NAME
 
 
 def _key(text: str, default: Any = dataclasses.MISSING, keys_of: type | None = None, **kwargs: Any) -> Any:
@@ -239,7 +243,8 @@ def job_schema_text() -> str:
     return json.dumps(job_schema(), indent=2) + "\n"
 
 
-def write_job_schema(path: str | Path = JOB_SCHEMA) -> Path:
+def write_job_schema(path: str | Path | None = None) -> Path:
     """Write the job file's JSON Schema (what ``recipes/jobs/job.schema.json`` must hold)."""
-    atomic_write_text(Path(path), job_schema_text())
-    return Path(path)
+    target = Path(path) if path is not None else job_schema_path()
+    atomic_write_text(target, job_schema_text())
+    return target
