@@ -42,11 +42,15 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
+try:  # Ctrl-C during the imports is the same runtime interruption as later: exit 3, one line
+    import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bundle_io  # noqa: E402  (sibling files: these scripts run from the bundle's scripts/ folder)
-from bundle_io import BundleError, IntegrityError, result_gate  # noqa: E402
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bundle_io  # noqa: E402  (sibling files: these scripts run from the bundle's scripts/ folder)
+    from bundle_io import BundleError, IntegrityError, result_gate  # noqa: E402
+except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C): the check did not finish", file=sys.stderr)
+    sys.exit(3)
 
 BACKENDS = ("tensorrt", "onnxruntime")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
