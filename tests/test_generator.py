@@ -142,6 +142,19 @@ def test_decoder_upsamplings_set_the_start_size_and_keep_the_papers_layers_at_tw
         Decoder(7, (3, 32, 32), upsamplings=0)
 
 
+def test_a_tapered_decoder_halves_its_channels_at_every_stage():
+    torch.manual_seed(0)
+    tapered = Decoder(7, (3, 64, 64), ngf=4, upsamplings=3, taper=True)
+    convs = [m for m in tapered.blocks if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 16), (16, 8), (8, 4), (4, 3)]
+    assert tapered.project.out_features == 32 * 8 * 8
+    assert tapered(torch.randn(2, 7)).shape == (2, 3, 64, 64)
+    # Without taper the same call is the paper's layout: 2·ngf until the last stage.
+    paper = Decoder(7, (3, 64, 64), ngf=4, upsamplings=3)
+    assert [(c.in_channels, c.out_channels) for c in paper.blocks if isinstance(c, torch.nn.Conv2d)] == [
+        (8, 8), (8, 8), (8, 4), (4, 3)]
+
+
 def test_gradients_reach_decoder_noisy_layer_and_embedding_norm():
     gen = small_generator(batch_size=20)
     targets = round_targets(K, 20)

@@ -43,6 +43,7 @@ class DistillConfig:
     noise_dim: int = 256
     ngf: int = 64
     decoder_upsamplings: int = 2  # the decoder starts at H/2ⁿ, W/2ⁿ (the paper: 2)
+    decoder_taper: bool = False  # halve the decoder's channels at every ×2 stage (DCGAN); the paper: 2·ngf, then ngf
 
     bn_weight: float = 10.0
     oh_weight: float = 0.5

@@ -142,12 +142,12 @@ class Distiller:
         if cfg.generator == "nayer":
             assert self.label_embeddings is not None
             gen: nn.Module = NayerGenerator(self.label_embeddings, self.input_shape, self.synth_stop - self.synth_start,
-                                            cfg.noisy_dim, cfg.ngf, cfg.decoder_upsamplings)
+                                            cfg.noisy_dim, cfg.ngf, cfg.decoder_upsamplings, cfg.decoder_taper)
             if not cfg.embedding_norm:
                 gen.embedding_norm = nn.Identity()
         else:
             gen = NoiseGenerator(self.input_shape, self.synth_stop - self.synth_start, cfg.noise_dim, cfg.ngf,
-                                 cfg.decoder_upsamplings)
+                                 cfg.decoder_upsamplings, cfg.decoder_taper)
         gen = gen.to(self.device).train()
         return to_channels_last(gen) if self.channels_last else gen
 

@@ -11,9 +11,14 @@ from torch import nn
 
 class Decoder(nn.Module):
     """DCGAN-style decoder: Linear → (C0, H/2ⁿ, W/2ⁿ) → n ×2 upsamplings (n = ``upsamplings``, the paper's 2)
-    → sigmoid image."""
+    → sigmoid image.
 
-    def __init__(self, in_dim: int, out_shape: tuple[int, int, int], ngf: int = 64, upsamplings: int = 2):
+    The paper keeps 2·ngf channels until the last stage (ngf). ``taper`` halves the channels at every stage
+    instead, as DCGAN does, ending at ngf at full resolution: the low resolutions get 2ⁿ·ngf channels for about
+    the cost of one more full-resolution convolution, since a stage's cost is channels² × pixels."""
+
+    def __init__(self, in_dim: int, out_shape: tuple[int, int, int], ngf: int = 64, upsamplings: int = 2,
+                 taper: bool = False):
         super().__init__()
         if upsamplings < 1:
             raise ValueError(f"a decoder needs at least one upsampling, got {upsamplings}")
@@ -21,13 +26,15 @@ class Decoder(nn.Module):
         self.out_shape = out_shape
         scale = 2**upsamplings
         self.init_h, self.init_w = math.ceil(height / scale), math.ceil(width / scale)
-        self.project = nn.Linear(in_dim, 2 * ngf * self.init_h * self.init_w)
-        layers: list[nn.Module] = [nn.BatchNorm2d(2 * ngf)]
-        for _ in range(upsamplings - 1):
-            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2, inplace=True)]
-        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(ngf), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ngf, channels, 3, padding=1)]
+        # Channels entering each of the n stages, then ngf at full resolution.
+        widths = [ngf * 2 ** (upsamplings - i) for i in range(upsamplings)] if taper else [2 * ngf] * upsamplings
+        widths.append(ngf)
+        self.project = nn.Linear(in_dim, widths[0] * self.init_h * self.init_w)
+        layers: list[nn.Module] = [nn.BatchNorm2d(widths[0])]
+        for stage in range(upsamplings):
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(widths[stage], widths[stage + 1], 3, padding=1, bias=False),
+                       nn.BatchNorm2d(widths[stage + 1]), nn.LeakyReLU(0.2, inplace=True)]
+        layers.append(nn.Conv2d(ngf, channels, 3, padding=1))
         self.blocks = nn.Sequential(*layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -69,13 +76,13 @@ class NayerGenerator(nn.Module):
     """Generates images for given class targets from fixed label-text embeddings (no random z)."""
 
     def __init__(self, label_embeddings: torch.Tensor, out_shape: tuple[int, int, int], batch_size: int,
-                 noisy_dim: int = 1000, ngf: int = 64, upsamplings: int = 2):
+                 noisy_dim: int = 1000, ngf: int = 64, upsamplings: int = 2, taper: bool = False):
         super().__init__()
         num_classes, embed_dim = label_embeddings.shape
         self.register_buffer("label_embeddings", label_embeddings.detach().float().clone())
         self.embedding_norm = nn.BatchNorm1d(embed_dim)
         self.noisy = NoisyLayer(embed_dim, noisy_dim, math.ceil(batch_size / num_classes), num_classes)
-        self.decoder = Decoder(noisy_dim, out_shape, ngf, upsamplings)
+        self.decoder = Decoder(noisy_dim, out_shape, ngf, upsamplings, taper)
 
     def new_round(self) -> None:
         self.noisy.reinitialize()
@@ -92,10 +99,10 @@ class NoiseGenerator(nn.Module):
     """
 
     def __init__(self, out_shape: tuple[int, int, int], batch_size: int, z_dim: int = 256, ngf: int = 64,
-                 upsamplings: int = 2):
+                 upsamplings: int = 2, taper: bool = False):
         super().__init__()
         self.z = nn.Parameter(torch.randn(batch_size, z_dim))
-        self.decoder = Decoder(z_dim, out_shape, ngf, upsamplings)
+        self.decoder = Decoder(z_dim, out_shape, ngf, upsamplings, taper)
 
     @torch.no_grad()
     def new_round(self) -> None:
