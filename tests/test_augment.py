@@ -135,3 +135,16 @@ def test_uses_the_global_rng_without_a_generator():
     torch.manual_seed(12)
     b = random_crop_flip(x, 2, True)
     assert torch.equal(a, b)
+
+
+def test_random_zoom_magnifies_by_a_factor_within_its_range_and_stays_inside_the_image():
+    from nayer_edge.synthesis.augment import random_zoom
+
+    ramp = torch.linspace(0, 1, 64).expand(8, 1, 64, 64).contiguous()  # value = horizontal position
+    assert torch.equal(random_zoom(ramp, 1.0), ramp)  # 1: off, and no random draw
+    zoomed = random_zoom(ramp, 3.0, torch.Generator().manual_seed(0))
+    # Magnified s times, the ramp climbs 1/s as fast across the same pixels: s in [1, 3].
+    slope = (zoomed[:, 0, 32, 40] - zoomed[:, 0, 32, 20]) / (ramp[0, 0, 32, 40] - ramp[0, 0, 32, 20])
+    assert bool((slope > 1 / 3 - 0.01).all() and (slope < 1.01).all()), slope
+    assert float(slope.max() / slope.min()) > 1.3  # the factor is drawn per sample
+    assert zoomed.min() >= ramp.min() - 1e-6 and zoomed.max() <= ramp.max() + 1e-6

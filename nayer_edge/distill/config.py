@@ -64,6 +64,8 @@ class DistillConfig:
 
     augment_pad: int = -1
     augment_flip: bool = True
+    # The student's KD batches are also zoomed in by a random factor in [1, kd_zoom] (1: off, the paper).
+    kd_zoom: float = 1.0
 
     memory_capacity: int = 50_000
     memory_backing: Literal["ram", "mmap"] = "ram"
@@ -119,6 +121,8 @@ class DistillConfig:
             raise UserError(f"config: weight_decay must not be negative, got {self.weight_decay}")
         if not 0 <= self.lr_min <= self.lr:
             raise UserError(f"config: lr_min must be in [0, lr], got {self.lr_min}")
+        if self.kd_zoom < 1:
+            raise UserError(f"config: kd_zoom must be at least 1 (1: no zoom), got {self.kd_zoom}")
         if self.augment_pad < -1:
             raise UserError(f"config: augment_pad must be -1 (auto: H/8) or a pixel count, got {self.augment_pad}")
         if not 0 <= self.memory_device_budget <= 1:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core.evaluate import accuracy, agreement
 from ..core.strict import replace
-from ..synthesis.augment import random_crop_flip
+from ..synthesis.augment import random_crop_flip, random_zoom
 from ..synthesis.best_batches import BestBatches, KeptBatches, kept_per_round
 from ..synthesis.bn_probe import BNProbe, bn_statistics_loss
 from ..synthesis.generator import NayerGenerator, NoiseGenerator, round_targets
@@ -256,7 +256,8 @@ class Distiller:
         else:
             images, _ = self.memory.sample(cfg.kd_batch, self.rng, device=self.device)
             augment_rng, model, forward = self.rng, self.student, self._student_forward
-        images = random_crop_flip(images, self.pad, cfg.augment_flip, augment_rng)
+        images = random_crop_flip(random_zoom(images, cfg.kd_zoom, augment_rng), self.pad, cfg.augment_flip,
+                                  augment_rng)
         images = channels_last_input(images, self.channels_last)
         with self.amp.autocast():
             with torch.no_grad():

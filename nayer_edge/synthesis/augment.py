@@ -1,4 +1,4 @@
-"""Differentiable image augmentation on batches: random crop with zero padding and horizontal flip."""
+"""Differentiable image augmentation on batches: random crop with zero padding, horizontal flip, random zoom."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torc
         mask = torch.rand(n, generator=generator, device="cpu").to(images.device, non_blocking=True) < 0.5
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     return out
+
+
+def random_zoom(images: torch.Tensor, max_zoom: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample random zoom-in by a factor in [1, ``max_zoom``] around a random centre that keeps the view inside
+    the image (bilinear): the crop-and-resize of a smaller region, as a real photo patch seen closer."""
+    if max_zoom <= 1.0:
+        return images
+    n = images.shape[0]
+    draws = torch.rand(n, 3, generator=generator, device="cpu")
+    scale = 1.0 / (1.0 + (max_zoom - 1.0) * draws[:, 0])  # the view's side, as a share of the image's
+    shift = (1.0 - scale)[:, None] * (2 * draws[:, 1:] - 1)  # centre within [-(1 - s), 1 - s]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale, scale
+    theta[:, :, 2] = shift
+    theta = theta.to(images.device, images.dtype, non_blocking=True)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
