@@ -229,6 +229,27 @@ def kit(digits_teacher, tmp_path_factory) -> Kit:
         node = helper.make_node("Add" if len(inputs) == 2 else "Identity", inputs, ["y"])
         graph = helper.make_graph([node], "g", [image(i) for i in inputs], [image("y")])
         save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / name)
+    # Teachers in the formats of issue 17: ONNX, safetensors state dicts, Hugging Face folders.
+    conv = helper.make_node("Hardmax", ["x"], ["y"], name="hardmax_1", axis=1)
+    graph = helper.make_graph([conv], "g", [image("x")], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                          ["N", 1, 16, 16])])
+    save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / "unsupported_op.onnx")
+    pool = helper.make_node("GlobalAveragePool", ["x"], ["p"])
+    flat = helper.make_node("Flatten", ["p"], ["y"])
+    graph = helper.make_graph([pool, flat], "g", [image("x")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1]) for n in ("y", "p")])
+    save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / "two_outputs.onnx")
+    teacher_onnx = export_onnx(create_model("cnn_small", num_classes=10, in_channels=1, input_size=16).eval(),
+                               d / "teacher.onnx", input_shape=(1, 16, 16), mean=[0.5], std=[0.5],
+                               fold_normalization=True, classes=DIGIT_CLASSES)
+    good_onnx = Path(teacher_onnx).read_bytes()
+    (d / "truncated.onnx").write_bytes(good_onnx[: len(good_onnx) // 2])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "state_dict.safetensors")
+    (d / "hf_no_weights").mkdir()
+    (d / "hf_no_weights" / "config.json").write_text(json.dumps({"model_type": "resnet", "num_labels": 10}))
+    (d / "hf_no_weights" / "pytorch_model.bin").write_bytes(b"\x80\x02pickled")
     (d / "list_checkpoint_run").mkdir()
     torch.save([1, 2, 3], d / "list_checkpoint_run" / "checkpoint.pt")
     from nayer_edge.distill.config import load_config
@@ -355,6 +376,23 @@ CATALOGUE: dict[str, tuple[Args, tuple[str, ...]]] = {
                                   ("teacher.pt.json", "not valid JSON")),
     "teacher-metadata-unknown-key": (distill(lambda k: k.dir / "meta_key" / "teacher.pt"),
                                      ("clases", "did you mean 'classes'")),
+    "teacher-onnx-truncated": (distill(bad("truncated.onnx")), ("truncated.onnx", "cannot read the ONNX file")),
+    "teacher-onnx-two-inputs": (distill(bad("two_inputs.onnx")), ("two_inputs.onnx", "takes 2 inputs (a, b)",
+                                                                  "one image tensor")),
+    "teacher-onnx-two-outputs": (distill(bad("two_outputs.onnx")), ("two_outputs.onnx", "2 outputs (y, p)",
+                                                                    "one logits tensor")),
+    "teacher-onnx-output-not-logits": (distill(bad("image_out.onnx"), "--input-shape", "1,16,16"),
+                                       ("shape (2, 1, 16, 16)", "expected float logits")),
+    "teacher-onnx-unsupported-operator": (distill(bad("unsupported_op.onnx"), "--input-shape", "1,16,16"),
+                                          ("unsupported_op.onnx", "operator 'Hardmax'", "node 'hardmax_1'")),
+    "teacher-safetensors-wrong-arch": (distill(bad("state_dict.safetensors"), "--arch", "wrn16_1",
+                                               "--input-shape", "1,16,16"),
+                                       ("state_dict.safetensors", "does not match --arch wrn16_1")),
+    "teacher-hf-folder-without-weights": (distill(bad("hf_no_weights")),
+                                          ("hf_no_weights", "without model.safetensors", "pytorch_model.bin",
+                                           "safe_serialization=True")),
+    "teacher-timm-not-installed": (distill(bad("state_dict.safetensors"), "--arch", "timm:resnet18",
+                                           "--input-shape", "1,16,16"), ("timm is not installed", "nayer-edge[timm]")),
     # ---- class lists
     "classes-empty-file": (distill(None, "--classes", "{d}/no_classes.txt"), ("no class names",)),
     "classes-empty-list": (distill(None, "--classes", ","), ("no class names",)),

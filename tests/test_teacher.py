@@ -463,7 +463,7 @@ def _bad_files(tmp_path, files):
 
 def test_unreadable_files_give_one_line_errors(tmp_path, files):
     for name in _bad_files(tmp_path, files):
-        with pytest.raises(UserError, match="not a TorchScript, torch.export or state-dict file") as e:
+        with pytest.raises(UserError, match="not a TorchScript, torch.export, ONNX, safetensors or state-dict file") as e:
             load_teacher(tmp_path / name, arch="cnn_small", trust_pickle=True)
         assert str(e.value).startswith(str(tmp_path / name))
         one_line_error(e)

@@ -45,6 +45,17 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: str | Path) -> str:
+    """sha256_file of a file; of a model folder (a Hugging Face teacher), the sha256 of its files' names and
+    digests, so that changing, adding or removing any file in it changes the digest."""
+    p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
+    listing = "".join(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n"
+                      for f in sorted(p.rglob("*")) if f.is_file())
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make a rename in ``folder`` durable: without it a power cut after ``os.replace`` can bring back the
     folder's old entry (the file's bytes were synced, the name pointing at them was not). A no-op where

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, str | None]] = {
     "safetensors": ("safetensors", None),
     "sklearn": ("scikit-learn", None),
     "skimage": ("scikit-image", "bench"),
+    "timm": ("timm", "timm"),  # --arch timm:NAME; it needs torchvision, so it is not in [all]
 }
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..core.atomic import sha256_file
+from ..core.atomic import sha256_path
 from ..core.errors import UserError, first_line
 from ..core.optional import require
 from ..distill.run_folder import recorded_teacher_sha256
@@ -245,9 +245,9 @@ def _teacher_sha256(teacher_path: str | os.PathLike[str] | None, run_dir: str | 
                     ) -> str | None:
     if teacher_path is not None:
         p = Path(teacher_path)
-        if not p.is_file():
+        if not p.exists():
             raise UserError(f"{p}: no such teacher file")
-        return sha256_file(p)
+        return sha256_path(p)
     if run_dir is not None:
         return recorded_teacher_sha256(Path(run_dir))
     return None

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 STUDENT_TS = "student.ts"  # the student as TorchScript: loads anywhere torch does
 STUDENT_WEIGHTS = "student.pt"  # its weights-only state dict (rebuilt from STUDENT_SPEC)
+STUDENT_SAFETENSORS = "student.safetensors"  # the same weights as safetensors, for tools that read no pickle
 STUDENT_SPEC = "student.json"  # architecture, input shape, mean/std, class names
 CONFIG = "config.json"  # the run's resolved config, its plan, the teacher's sha256
 METRICS = "metrics.json"  # accuracies, history, timings; compress adds gates

@@ -14,6 +14,7 @@ import torch
 
 from ..core.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from ..core.evaluate import accuracy
+from ..core.optional import require
 from ..core.plots import save_sample_grid, save_training_curves
 from ..synthesis.best_batches import kept_per_round
 from ..synthesis.embeddings import class_separation
@@ -87,6 +88,9 @@ def write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any,
     scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
     _atomic_jit_save(scripted, out_dir / rf.STUDENT_TS)
     atomic_torch_save(out_dir / rf.STUDENT_WEIGHTS, student.state_dict())
+    safetensors_torch = require("safetensors.torch")
+    weights = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()}  # no shared storage
+    atomic_write_bytes(out_dir / rf.STUDENT_SAFETENSORS, safetensors_torch.save(weights))
     atomic_write_text(out_dir / rf.STUDENT_SPEC, json.dumps({
         "architecture": describe_student(config.student, loaded.num_classes, channels, height),
         "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
@@ -98,7 +102,7 @@ def write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any,
     save_sample_grid(images[newest], labels[newest], run.class_names, out_dir / rf.SAMPLE_GRID)
     save_training_curves(state.history, out_dir / rf.CURVES)
     metrics["artifacts"] = {name: str(out_dir / name) for name in
-                            (rf.STUDENT_TS, rf.STUDENT_WEIGHTS, rf.STUDENT_SPEC, rf.CONFIG, rf.SAMPLE_GRID, rf.CURVES,
+                            (rf.STUDENT_TS, rf.STUDENT_WEIGHTS, rf.STUDENT_SAFETENSORS, rf.STUDENT_SPEC, rf.CONFIG, rf.SAMPLE_GRID, rf.CURVES,
                              MEMORY, CHECKPOINT)}
     atomic_write_text(out_dir / rf.METRICS, json.dumps(metrics, indent=2))
     (out_dir / rf.MEMORY_MMAP).unlink(missing_ok=True)

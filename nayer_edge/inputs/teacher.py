@@ -6,6 +6,9 @@ Supported files (detected by content, not by extension):
 * a ``torch.export`` program (``torch.export.save``, usually ``.pt2``),
 * a state-dict checkpoint (``torch.save(model.state_dict())`` or a dict holding one under
   ``state_dict`` / ``model`` / ``model_state_dict``) plus ``arch``, a model name from :mod:`nayer_edge.zoo`,
+* a safetensors state dict (``--arch`` a zoo name or ``timm:MODEL``, timm's architecture with the user's weights),
+* an ONNX classifier, converted to torch and checked against onnxruntime (:mod:`.teacher_onnx`),
+* a Hugging Face image-classification folder, ``config.json`` + ``model.safetensors`` (:mod:`.teacher_hf`),
 * a fully pickled ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``: unpickling
   runs arbitrary code, so by default files are read with ``torch.load(weights_only=True)`` only.
 
@@ -24,14 +27,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..core.atomic import sha256_file
+from ..core.atomic import sha256_path
 from ..core.errors import UserError
 from .teacher_formats import (
     Logits,
@@ -40,7 +43,9 @@ from .teacher_formats import (
     load_export,
     load_torchscript,
     model_from_state_dict,
+    safetensors_load,
     sniff_format,
+    timm_settings,
     torch_load,
     unwrap,
 )
@@ -147,23 +152,53 @@ def _settings(
 
 def _load_model(
     path: Path, kind: str, settings: _Settings, trust_pickle: bool, device: str | torch.device, notes: list[str]
-) -> tuple[str, nn.Module, tuple[int, int, int] | None]:
-    """The model in a sniffed file, its format, and the input shape the file itself gives (if any)."""
+) -> tuple[str, nn.Module, tuple[int, int, int] | None, dict[str, Any]]:
+    """The model in a sniffed file, its format, the input shape the file itself gives (if any), and the classes,
+    mean and std the file itself gives (ONNX metadata, a Hugging Face folder, a timm config)."""
     if kind == "torchscript":
-        return "torchscript", load_torchscript(path, device), None
+        return "torchscript", load_torchscript(path, device), None, {}
+    if kind == "onnx":
+        from .teacher_onnx import load_onnx
+
+        model, dims, onnx_notes, meta = load_onnx(path, device)
+        notes.extend(onnx_notes)
+        shape = tuple(dims[1:]) if len(dims) == 4 and all(d is not None for d in dims[1:]) else None
+        return "onnx", model, shape, meta  # type: ignore[return-value]
+    if kind == "huggingface":
+        from .teacher_hf import load_hf
+
+        model, shape, hf_notes, meta = load_hf(path, device)
+        notes.extend(hf_notes)
+        return "huggingface", model, shape, meta
     if kind == "export":
         model, dims, export_notes = load_export(path, device, trust_pickle)
         notes.extend(export_notes)
         inferred_shape: tuple[int, int, int] | None = None
         if len(dims) == 4 and all(d is not None for d in dims[1:]):
             inferred_shape = (dims[1], dims[2], dims[3])  # type: ignore[assignment]
-        return "export", model, inferred_shape
-    sd, module = find_state_dict(torch_load(path, device, trust_pickle), path)
+        return "export", model, inferred_shape, {}
+    if kind == "safetensors":
+        sd: dict[str, Tensor] | None = safetensors_load(path)
+        module = None
+    else:
+        sd, module = find_state_dict(torch_load(path, device, trust_pickle), path)
     if module is not None:
-        return "pickle", module, None
+        return "pickle", module, None, {}
     assert sd is not None
     model, in_channels = model_from_state_dict(sd, settings.arch, path, settings.input_shape, notes)
-    return "state_dict", model.to(device), (in_channels, *DEFAULT_INPUT_SHAPE[1:])  # type: ignore[return-value]
+    if settings.arch and settings.arch.startswith("timm:"):
+        meta = timm_settings(model)
+        return "state_dict", model.to(device), meta.pop("input_shape", None), meta
+    return "state_dict", model.to(device), (in_channels, *DEFAULT_INPUT_SHAPE[1:]), {}  # type: ignore[return-value]
+
+
+def _with_file_metadata(settings: _Settings, file_meta: dict[str, Any], notes: list[str]) -> _Settings:
+    """Classes, mean and std the file itself gives fill what neither the arguments nor the sidecar set."""
+    filled = {key: file_meta[key] for key in ("classes", "mean", "std")
+              if key in file_meta and getattr(settings, key) is None}
+    if filled:
+        notes.append(f"{', '.join(filled)} read from the file")
+    return replace(settings, **filled)
 
 
 def _input_spec(
@@ -171,10 +206,11 @@ def _input_spec(
 ) -> TeacherSpec:
     """Input shape (given, else read from the file, else the default) and per-channel mean/std; no classes yet."""
     given_shape = settings.input_shape
-    if fmt == "export" and given_shape and inferred_shape and given_shape != inferred_shape:
+    if fmt in ("export", "onnx") and given_shape and inferred_shape and given_shape != inferred_shape:
         fixed = ",".join(map(str, inferred_shape))
+        what = "exported program" if fmt == "export" else "ONNX graph"
         raise UserError(
-            f"teacher rejects input shape {','.join(map(str, given_shape))}: the exported program takes "
+            f"teacher rejects input shape {','.join(map(str, given_shape))}: the {what} takes "
             f"{fixed}; pass --input-shape {fixed}"
         )
     shape = given_shape or inferred_shape or DEFAULT_INPUT_SHAPE
@@ -275,10 +311,11 @@ def load_teacher(
     kind = sniff_format(p)
     settings = _settings(p, arch, classes, input_shape, mean, std)
     notes: list[str] = []
-    fmt, model, inferred_shape = _load_model(p, kind, settings, trust_pickle, device, notes)
+    fmt, model, inferred_shape, file_meta = _load_model(p, kind, settings, trust_pickle, device, notes)
+    settings = _with_file_metadata(settings, file_meta, notes)
     spec = _input_spec(fmt, settings, inferred_shape, notes)
     _freeze(model)
-    teacher = LoadedTeacher(model=model, format=fmt, path=p, sha256=sha256_file(p), spec=spec, num_classes=0, notes=notes)
+    teacher = LoadedTeacher(model=model, format=fmt, path=p, sha256=sha256_path(p), spec=spec, num_classes=0, notes=notes)
     num_classes = _num_classes(_pick_logits(teacher, _probe(teacher, device), notes), settings.classes)
     names = tuple(settings.classes) if settings.classes is not None else tuple(str(i) for i in range(num_classes))
     teacher.spec = TeacherSpec(input_shape=spec.input_shape, mean=spec.mean, std=spec.std, classes=names)

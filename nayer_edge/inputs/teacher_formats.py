@@ -4,7 +4,7 @@
 
 Example::
 
-    kind = sniff_format(Path("teacher.pt2"))     # "torchscript" | "export" | "torch_save"
+    kind = sniff_format(Path("teacher.pt2"))     # "torchscript" | "export" | "torch_save" | "onnx" | …
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from ..core.errors import UserError
 from ..core.strict import closest_name
 from .teacher_spec import DEFAULT_INPUT_SHAPE
 
-FORMATS = ("torchscript", "export", "state_dict", "pickle")
-_NOT_A_MODEL = "not a TorchScript, torch.export or state-dict file"
+FORMATS = ("torchscript", "export", "state_dict", "pickle", "onnx", "huggingface")
+_NOT_A_MODEL = ("not a TorchScript, torch.export, ONNX, safetensors or state-dict file, nor a Hugging Face "
+                "model folder")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 
 
@@ -76,6 +77,9 @@ class _ExportedModule(nn.Module):
         return pytree.tree_unflatten(merged, spec)
 
 
+BatchChunks = _ExportedModule  # any module with a fixed batch size (an ONNX graph's too)
+
+
 class Logits(nn.Module):
     """Picks the logits out of a model that returns a tuple, list or dict."""
 
@@ -113,14 +117,17 @@ def error_line(err: BaseException) -> str:
 
 
 def sniff_format(path: Path) -> str:
-    """'torchscript' | 'export' | 'torch_save' by file content; UserError for anything else."""
+    """'torchscript' | 'export' | 'torch_save' | 'safetensors' | 'onnx' | 'huggingface' by content; UserError
+    for anything else."""
     if not path.exists():
         raise UserError(f"{path}: {_NOT_A_MODEL} (file not found)")
     if path.is_dir():
-        raise UserError(f"{path}: {_NOT_A_MODEL} (it is a directory)")
+        if (path / "config.json").is_file():
+            return "huggingface"
+        raise UserError(f"{path}: {_NOT_A_MODEL} (a directory without a Hugging Face config.json)")
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except OSError as err:
         raise UserError(f"{path}: cannot read file ({err.strerror or err})") from None
     if not head:
@@ -147,6 +154,10 @@ def sniff_format(path: Path) -> str:
         raise UserError(f"{path}: {_NOT_A_MODEL} (truncated or corrupt zip archive)")
     if head[0] == 0x80:  # pickle protocol marker: legacy torch.save format or a plain pickle
         return "torch_save"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head[0] == 0x08:  # protobuf field 1 (ir_version), varint: how every ONNX ModelProto starts
+        return "onnx"
     raise UserError(f"{path}: {_NOT_A_MODEL} (unrecognised content)")
 
 
@@ -279,6 +290,17 @@ def torch_load(path: Path, device: str | torch.device, trust_pickle: bool) -> An
         raise UserError(f"{path}: cannot unpickle ({error_line(err)})") from None
 
 
+def safetensors_load(path: Path) -> dict[str, Tensor]:
+    """A safetensors file's tensors (no pickle involved)."""
+    from ..core.optional import require
+
+    safetensors_torch = require("safetensors.torch")
+    try:
+        return safetensors_torch.load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - a bad file is the user's: one line
+        raise UserError(f"{path}: cannot read the safetensors file (truncated or corrupt: {error_line(err)})") from None
+
+
 def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor] | None, nn.Module | None]:
     if isinstance(obj, nn.Module):
         return None, obj
@@ -316,11 +338,13 @@ def model_from_state_dict(
 ) -> tuple[nn.Module, int]:
     from .. import zoo  # lazy: the zoo imports every architecture
 
+    if arch and arch.startswith("timm:"):
+        return timm_model(sd, arch, path, notes)
     names = list(zoo.list_models())
     if not arch:
         raise UserError(
             f"{path}: is a state-dict checkpoint, which holds weights only; pass --arch NAME "
-            f"(one of: {', '.join(names)})"
+            f"(one of: {', '.join(names)}, or timm:MODEL for a timm architecture)"
         )
     if arch not in names:
         raise UserError(f"unknown --arch '{arch}'{closest_name(arch, names)}; choose one of: {', '.join(names)}")
@@ -338,6 +362,13 @@ def model_from_state_dict(
         raise
     except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"cannot build --arch {arch} for {num_classes} classes: {error_line(err)}") from None
+    load_matching(model, sd, path, arch)
+    return model, in_channels
+
+
+def load_matching(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str) -> None:
+    """``model.load_state_dict(sd, strict=True)``, or one line naming the first missing, unexpected or
+    mis-shaped key."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -361,4 +392,38 @@ def model_from_state_dict(
         model.load_state_dict(sd, strict=True)
     except Exception as err:  # noqa: BLE001 - whatever the user's file makes torch raise becomes one line
         raise UserError(f"{path}: state dict does not match --arch {arch}: {error_line(err)}") from None
-    return model, in_channels
+
+
+def timm_model(sd: dict[str, Tensor], arch: str, path: Path, notes: list[str]) -> tuple[nn.Module, int]:
+    """``--arch timm:NAME``: timm's architecture (``pretrained=False``: nothing downloaded) with the user's weights;
+    its input size and normalisation are in ``model.pretrained_cfg`` (read by :func:`timm_settings`)."""
+    from ..core.optional import require
+
+    timm = require("timm")
+    name = arch.split(":", 1)[1]
+    sd = _strip_prefix(sd, notes)
+    weights_2d = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
+    if not weights_2d:
+        raise UserError(f"{path}: no 2-D weight in the state dict, so the number of classes is unknown")
+    conv = next((v for k, v in sd.items() if k.endswith("weight") and v.ndim == 4), None)
+    in_chans = int(conv.shape[1]) if conv is not None else 3
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=int(weights_2d[-1].shape[0]), in_chans=in_chans)
+    except Exception as err:  # noqa: BLE001 - an unknown name or bad arguments are the user's: one line
+        raise UserError(f"cannot build --arch {arch}: {error_line(err)}") from None
+    load_matching(model, sd, path, arch)
+    notes.append(f"timm architecture {name} (pretrained=False) with the weights of {path.name}")
+    return model, in_chans
+
+
+def timm_settings(model: nn.Module) -> dict[str, Any]:
+    """input_shape, mean and std from a timm model's ``pretrained_cfg``, where it has them."""
+    cfg = getattr(unwrap(model), "pretrained_cfg", None) or {}
+    out: dict[str, Any] = {}
+    size = cfg.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 3:
+        out["input_shape"] = tuple(int(v) for v in size)
+    for key in ("mean", "std"):
+        if isinstance(cfg.get(key), (list, tuple)):
+            out[key] = tuple(float(v) for v in cfg[key])
+    return out

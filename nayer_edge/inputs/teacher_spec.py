@@ -23,6 +23,9 @@ __all__ = ["parse_classes", "parse_floats", "parse_shape"]
 
 DEFAULT_INPUT_SHAPE = (3, 32, 32)
 _META_KEYS = ("classes", "input_shape", "mean", "std", "arch")
+# timm's (pretrained_cfg) and Hugging Face's (config.json, preprocessor_config.json) names for the same things
+_META_ALIASES = {"label_names": "classes", "id2label": "classes", "input_size": "input_shape",
+                 "image_mean": "mean", "image_std": "std", "architecture": "arch"}
 
 
 def parse_classes(value: str) -> list[str]:
@@ -106,13 +109,23 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     if not isinstance(data, dict):
         raise UserError(f"{meta_path}: expected a JSON object with keys {', '.join(_META_KEYS)}")
     out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in _META_KEYS:
+    allowed = (*_META_KEYS, *_META_ALIASES)
+    for given_key, value in data.items():
+        if given_key not in allowed:
             raise UserError(
-                f"{meta_path}: unknown key {key!r}{closest_name(key, _META_KEYS)}; "
-                f"allowed keys: {', '.join(_META_KEYS)}"
+                f"{meta_path}: unknown key {given_key!r}{closest_name(given_key, allowed)}; "
+                f"allowed keys: {', '.join(_META_KEYS)} (or timm's and Hugging Face's "
+                f"{', '.join(_META_ALIASES)})"
             )
-        where = f"{meta_path}: '{key}'"
+        key = _META_ALIASES.get(given_key, given_key)
+        if key in out:
+            raise UserError(f"{meta_path}: '{given_key}' gives {key} a second time; keep one of them")
+        where = f"{meta_path}: '{given_key}'"
+        if given_key == "id2label" and isinstance(value, dict):
+            try:
+                value = [value[k] for k in sorted(value, key=int)]
+            except (TypeError, ValueError):
+                raise UserError(f"{where} must map class indices 0…N-1 to names") from None
         if key == "classes":
             if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
                 raise UserError(f"{where} must be a non-empty list of class-name strings")
