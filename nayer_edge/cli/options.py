@@ -39,14 +39,17 @@ class AmpKind(str, Enum):
     fp16 = "fp16"
 
 
-TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch.")]
+TeacherArg = Annotated[Path, typer.Argument(help="Teacher: TorchScript, torch.export .pt2, ONNX, a Hugging Face "
+                                                 "folder, or a state dict (.pt, .safetensors) with --arch.")]
 OptionalTeacherArg = Annotated[Optional[Path], typer.Argument(
-    help="Teacher: TorchScript, torch.export .pt2, or a state dict with --arch \\[default: the job file's teacher].",
+    help="Teacher: TorchScript, torch.export .pt2, ONNX, a Hugging Face folder, or a state dict with --arch "
+         "\\[default: the job file's teacher].",
     show_default=False)]
 JobOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="Job file (YAML, recipes/jobs/job.schema.json): teacher, target, gates, recipe, ...; the "
     "options you give win over its keys.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Zoo architecture of a state-dict teacher.")]
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", help="Architecture of a state-dict teacher: a zoo name, or timm:NAME (the timm extra).")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names: a file (one per line) or a comma-separated list.")]
 ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W the teacher takes \\[default: metadata, else 3,32,32].")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean the teacher normalises with [default 0].")]

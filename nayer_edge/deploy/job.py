@@ -70,12 +70,13 @@ class CompressJob:
     """A nayer-edge compress job (nayer-edge compress --config JOB.yaml). Paths are relative to the job file's
     folder; command-line options win over every key."""
 
-    teacher: str = _key("Teacher file: TorchScript, torch.export .pt2, or a state dict with arch.")
+    teacher: str = _key("Teacher file: TorchScript, torch.export .pt2, ONNX, a Hugging Face folder, or a state dict "
+                        "with arch.")
     target: str = _key("Deployment target (nayer-edge targets), e.g. cpu-x86 or jetson.")
     out: str | None = _key("Output folder [default: runs/compress in the current folder].", None)
     eval_data: str | None = _key("Labelled real data, .npz (x, y) or an image folder root/<class>/*.png; for "
                                  "the gates and the report, never for selection.", None)
-    arch: str | None = _key("Zoo architecture of a state-dict teacher.", None)
+    arch: str | None = _key("Architecture of a state-dict teacher: a zoo name, or timm:NAME.", None)
     classes: list[str] | str | None = _key("Class names: a list, or a file with one per line [default: the "
                                            "teacher's metadata, else 0 ... K-1].", None)
     input_shape: tuple[int, int, int] | None = _key("[C, H, W] the teacher takes [default: its metadata, else "
@@ -168,7 +169,7 @@ def _resolved(job: CompressJob, folder: Path) -> CompressJob:
 def _check(path: Path, job: CompressJob) -> None:
     """What the job names exists and makes sense, before anything runs (messages name the job file)."""
     relative = "paths in a job file are relative to its folder"
-    if not Path(job.teacher).is_file():
+    if not Path(job.teacher).exists():
         raise UserError(f"{path}: teacher: {job.teacher}: no such file ({relative})")
     if job.eval_data is not None and not Path(job.eval_data).exists():
         raise UserError(f"{path}: eval_data: {job.eval_data}: no such file or folder ({relative})")
