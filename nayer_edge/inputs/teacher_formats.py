@@ -77,6 +77,7 @@ class _ExportedModule(nn.Module):
         return pytree.tree_unflatten(merged, spec)
 
 
+HF_CONFIG = "config.json"  # a Hugging Face model folder's own config (not the run folder's config.json)
 BatchChunks = _ExportedModule  # any module with a fixed batch size (an ONNX graph's too)
 
 
@@ -122,7 +123,7 @@ def sniff_format(path: Path) -> str:
     if not path.exists():
         raise UserError(f"{path}: {_NOT_A_MODEL} (file not found)")
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / HF_CONFIG).is_file():
             return "huggingface"
         raise UserError(f"{path}: {_NOT_A_MODEL} (a directory without a Hugging Face config.json)")
     try:

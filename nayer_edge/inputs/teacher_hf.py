@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..core.errors import UserError
 from ..core.optional import require
-from .teacher_formats import error_line
+from .teacher_formats import HF_CONFIG, error_line
 
 __all__ = ["load_hf", "is_hf_folder"]
 
@@ -39,7 +39,7 @@ class HFLogits(nn.Module):
 
 
 def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+    return path.is_dir() and (path / HF_CONFIG).is_file()
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -95,7 +95,7 @@ def _metadata(folder: Path, config: dict[str, Any]) -> tuple[dict[str, Any], tup
 def load_hf(folder: Path, device: str | torch.device) -> tuple[nn.Module, tuple[int, int, int] | None, list[str],
                                                               dict[str, Any]]:
     """The folder's classifier (returning logits), its input shape where known, notes, and its metadata."""
-    config = _json(folder / "config.json")
+    config = _json(folder / HF_CONFIG)
     if not (folder / WEIGHTS).is_file():
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".h5", ".msgpack"))
         found = f" (found {', '.join(others)}: pickled or foreign weights are not read)" if others else ""
