@@ -87,10 +87,11 @@ def write_artefacts(run: RunInputs, parts: RunParts, distiller: Any, state: Any,
     distiller.holdout.save(out_dir / HOLDOUT)
     scripted = torch.jit.trace(student, torch.zeros(1, *spec.input_shape))
     _atomic_jit_save(scripted, out_dir / rf.STUDENT_TS)
-    atomic_torch_save(out_dir / rf.STUDENT_WEIGHTS, student.state_dict())
+    weights = student.state_dict()
+    atomic_torch_save(out_dir / rf.STUDENT_WEIGHTS, weights)
     safetensors_torch = require("safetensors.torch")
-    weights = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()}  # no shared storage
-    atomic_write_bytes(out_dir / rf.STUDENT_SAFETENSORS, safetensors_torch.save(weights))
+    unshared = {k: v.detach().clone().contiguous() for k, v in weights.items()}  # safetensors refuses shared storage
+    atomic_write_bytes(out_dir / rf.STUDENT_SAFETENSORS, safetensors_torch.save(unshared))
     atomic_write_text(out_dir / rf.STUDENT_SPEC, json.dumps({
         "architecture": describe_student(config.student, loaded.num_classes, channels, height),
         "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),

@@ -323,11 +323,11 @@ class OnnxGraphModule(nn.Module):
         # so that the teacher's parameter count is its size; integer tensors (shapes, indices) are buffers
         bn_only = {n for node in self.graph_nodes if node.op_type == "BatchNormalization" for n in node.input[1:5]}
         bn_only -= {n for node in self.graph_nodes if node.op_type != "BatchNormalization" for n in node.input}
-        for name, proto in initializers.items():
+        constants = {name: torch.from_numpy(numpy_helper.to_array(t).copy()) for name, t in initializers.items()}
+        for name, value in constants.items():
             if name in bn_only:
                 continue
             key = _buffer_name(name, used)
-            value = torch.from_numpy(numpy_helper.to_array(proto).copy())
             if value.is_floating_point():
                 self.register_parameter(key, nn.Parameter(value, requires_grad=False))
             else:
@@ -341,7 +341,6 @@ class OnnxGraphModule(nn.Module):
                 key = _buffer_name(node.output[0], used)
                 self.register_buffer(key, self._constant_value(node, numpy_helper))
                 self.constant_key[node.output[0]] = key
-        constants = {name: torch.from_numpy(numpy_helper.to_array(t).copy()) for name, t in initializers.items()}
         for node in self.graph_nodes:  # exporters alias equal initializers through Identity nodes
             if node.op_type == "Identity" and node.input[0] in constants:
                 constants[node.output[0]] = constants[node.input[0]]

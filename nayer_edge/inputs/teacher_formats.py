@@ -330,6 +330,16 @@ def _strip_prefix(sd: dict[str, Tensor], notes: list[str]) -> dict[str, Tensor]:
     return sd
 
 
+def _classes_and_channels(sd: dict[str, Tensor], path: Path) -> tuple[int, int | None]:
+    """The class count (rows of the last 2-D weight) and the input channels (of the first conv weight, None
+    without one) of a classifier's state dict."""
+    weights_2d = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
+    if not weights_2d:
+        raise UserError(f"{path}: no 2-D weight in the state dict, so the number of classes is unknown")
+    conv = next((v for k, v in sd.items() if k.endswith("weight") and v.ndim == 4), None)
+    return int(weights_2d[-1].shape[0]), int(conv.shape[1]) if conv is not None else None
+
+
 def model_from_state_dict(
     sd: dict[str, Tensor],
     arch: str | None,
@@ -350,12 +360,8 @@ def model_from_state_dict(
     if arch not in names:
         raise UserError(f"unknown --arch '{arch}'{closest_name(arch, names)}; choose one of: {', '.join(names)}")
     sd = _strip_prefix(sd, notes)
-    weights_2d = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
-    if not weights_2d:
-        raise UserError(f"{path}: no 2-D weight in the state dict, so the number of classes is unknown")
-    num_classes = int(weights_2d[-1].shape[0])
-    conv = next((v for k, v in sd.items() if k.endswith("weight") and v.ndim == 4), None)
-    in_channels = int(conv.shape[1]) if conv is not None else (input_shape or DEFAULT_INPUT_SHAPE)[0]
+    num_classes, conv_channels = _classes_and_channels(sd, path)
+    in_channels = conv_channels or (input_shape or DEFAULT_INPUT_SHAPE)[0]
     input_size = (input_shape or DEFAULT_INPUT_SHAPE)[1]
     try:
         model = zoo.create_model(arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
@@ -403,13 +409,10 @@ def timm_model(sd: dict[str, Tensor], arch: str, path: Path, notes: list[str]) -
     timm = require("timm")
     name = arch.split(":", 1)[1]
     sd = _strip_prefix(sd, notes)
-    weights_2d = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
-    if not weights_2d:
-        raise UserError(f"{path}: no 2-D weight in the state dict, so the number of classes is unknown")
-    conv = next((v for k, v in sd.items() if k.endswith("weight") and v.ndim == 4), None)
-    in_chans = int(conv.shape[1]) if conv is not None else 3
+    num_classes, conv_channels = _classes_and_channels(sd, path)
+    in_chans = conv_channels or 3
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=int(weights_2d[-1].shape[0]), in_chans=in_chans)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except Exception as err:  # noqa: BLE001 - an unknown name or bad arguments are the user's: one line
         raise UserError(f"cannot build --arch {arch}: {error_line(err)}") from None
     load_matching(model, sd, path, arch)

@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from torch import Tensor, nn
 from ..core.errors import UserError
 from ..core.optional import require
 from .teacher_formats import HF_CONFIG, error_line
+from .teacher_spec import id2label_names, read_json_object
 
-__all__ = ["load_hf", "is_hf_folder"]
+__all__ = ["load_hf"]
 
 WEIGHTS = "model.safetensors"
 
@@ -36,20 +36,6 @@ class HFLogits(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(pixel_values=x).logits
-
-
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / HF_CONFIG).is_file()
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({error_line(err)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
 
 
 def _size(value: Any) -> tuple[int, int] | None:
@@ -70,17 +56,14 @@ def _metadata(folder: Path, config: dict[str, Any]) -> tuple[dict[str, Any], tup
     meta: dict[str, Any] = {}
     id2label = config.get("id2label")
     if isinstance(id2label, dict) and id2label:
-        try:
-            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-        except (TypeError, ValueError):
-            names = []
+        names = [str(n) for n in id2label_names(id2label) or []]
         # transformers fills in LABEL_0, LABEL_1, … when a config names no classes: those are not names
         if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)) and len(set(names)) == len(names):
             meta["classes"] = names
     size = _size(config.get("image_size"))
     processor_path = folder / "preprocessor_config.json"
     if processor_path.is_file():
-        processor = _json(processor_path)
+        processor = read_json_object(processor_path)
         if processor.get("do_normalize", True):
             for key, target in (("image_mean", "mean"), ("image_std", "std")):
                 value = processor.get(key)
@@ -95,7 +78,7 @@ def _metadata(folder: Path, config: dict[str, Any]) -> tuple[dict[str, Any], tup
 def load_hf(folder: Path, device: str | torch.device) -> tuple[nn.Module, tuple[int, int, int] | None, list[str],
                                                               dict[str, Any]]:
     """The folder's classifier (returning logits), its input shape where known, notes, and its metadata."""
-    config = _json(folder / HF_CONFIG)
+    config = read_json_object(folder / HF_CONFIG)
     if not (folder / WEIGHTS).is_file():
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".h5", ".msgpack"))
         found = f" (found {', '.join(others)}: pickled or foreign weights are not read)" if others else ""

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..core.optional import require
-from .teacher_formats import error_line
+from .teacher_formats import BatchChunks, error_line
+from .teacher_spec import id2label_names
 
 __all__ = ["load_onnx", "PARITY_TOLERANCE"]
 
@@ -75,10 +76,7 @@ def _metadata(path: Path, model: Any) -> dict[str, Any]:
         except json.JSONDecodeError:
             value = [v.strip() for v in props[key].split(",")] if key in ("classes", "id2label") else None
         if isinstance(value, dict):  # id2label: {"0": "cat", ...}
-            try:
-                value = [value[k] for k in sorted(value, key=int)]
-            except (TypeError, ValueError):
-                value = None
+            value = id2label_names(value)
         if target == "classes" and isinstance(value, list) and all(isinstance(v, str) and v for v in value):
             out[target] = value
         elif target in ("mean", "std") and isinstance(value, list) and all(
@@ -93,10 +91,10 @@ def _metadata(path: Path, model: Any) -> dict[str, Any]:
 def _parity(path: Path, model: Any, module: nn.Module, dims: list[int | None], notes: list[str]) -> None:
     """The converted module against onnxruntime on random inputs; UserError naming the largest difference."""
     ort = require("onnxruntime")
-    batch = dims[0] or _PARITY_BATCH
-    shape = [batch, *(d or 1 for d in dims[1:])]
     if any(d is None for d in dims[1:]):
         return  # the size is not fixed in the graph: checked later at the teacher's input shape
+    batch = dims[0] or _PARITY_BATCH
+    shape = [batch, *dims[1:]]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     try:
@@ -126,7 +124,6 @@ def _parity(path: Path, model: Any, module: nn.Module, dims: list[int | None], n
 def load_onnx(path: Path, device: str | torch.device) -> tuple[nn.Module, list[int | None], list[str], dict[str, Any]]:
     """The ONNX file as a torch module, the graph input's dims (None where not fixed), notes, and its metadata."""
     from .onnx_graph import OnnxGraphModule, unsupported_node
-    from .teacher_formats import BatchChunks
 
     model = _read(path)
     dims = _graph_dims(path, model)

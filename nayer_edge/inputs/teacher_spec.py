@@ -98,16 +98,31 @@ def _metadata_path(path: Path) -> Path | None:
     return None
 
 
+def read_json_object(path: Path, expected: str = "a JSON object") -> dict[str, Any]:
+    """A JSON file holding an object; UserError in one line for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected {expected}")
+    return data
+
+
+def id2label_names(id2label: dict[Any, Any]) -> list[Any] | None:
+    """The values of an ``id2label`` mapping ({"0": "cat", …}, Hugging Face's and timm's) in index order; None when
+    its keys are not integers."""
+    try:
+        return [id2label[k] for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return None
+
+
 def read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     meta_path = _metadata_path(path)
     if meta_path is None:
         return {}, None
-    try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{meta_path}: not valid JSON ({first_line(err)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{meta_path}: expected a JSON object with keys {', '.join(_META_KEYS)}")
+    data = read_json_object(meta_path, f"a JSON object with keys {', '.join(_META_KEYS)}")
     out: dict[str, Any] = {}
     allowed = (*_META_KEYS, *_META_ALIASES)
     for given_key, value in data.items():
@@ -122,10 +137,9 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
             raise UserError(f"{meta_path}: '{given_key}' gives {key} a second time; keep one of them")
         where = f"{meta_path}: '{given_key}'"
         if given_key == "id2label" and isinstance(value, dict):
-            try:
-                value = [value[k] for k in sorted(value, key=int)]
-            except (TypeError, ValueError):
-                raise UserError(f"{where} must map class indices 0…N-1 to names") from None
+            value = id2label_names(value)
+            if value is None:
+                raise UserError(f"{where} must map class indices 0…N-1 to names")
         if key == "classes":
             if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
                 raise UserError(f"{where} must be a non-empty list of class-name strings")
