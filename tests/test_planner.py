@@ -209,9 +209,17 @@ def test_too_small_budget_is_refused_in_one_line(digits_teacher, tmp_path):
     result = run_cli("distill", str(digits_teacher.path), "--out", str(out), "--student", "cnn_tiny",
                      "--time-budget", "1", "--device", "cpu")
     assert_user_error(result, "--time-budget", "use at least --time-budget")
+    # Refused after the smaller batch was measured, not after the whole measurement (with a slow teacher to load,
+    # that was the whole budget).
+    assert "spent loading and measuring" in result.stderr
     least = float(result.stderr.strip().rsplit(" ", 1)[-1])
     assert 1 < least < 600
     assert not out.exists()
+    # The budget it names is enough to plan a run.
+    enough = run_cli("plan", str(digits_teacher.path), "--student", "cnn_tiny", "--time-budget", f"{least:g}",
+                     "--device", "cpu", "--json", cwd=tmp_path)
+    assert enough.returncode == 0, enough.stderr[-2000:]
+    assert json.loads(enough.stdout)["values"]["kd_steps"] >= 1
 
 
 def test_plan_command_prints_the_plan_without_training(digits_teacher, tmp_path):

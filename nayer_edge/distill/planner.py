@@ -382,17 +382,12 @@ def smallest_budget(costs: StepCosts, config: DistillConfig, *, num_classes: int
 # ------------------------------------------------------------------------------------------ measurement
 
 
-def ram_bytes() -> int | None:
-    import os
-
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
+# ``after_small`` is called with the costs of the smaller batch alone (scaled in proportion, the warm-up step taken
+# as dear as a full one: estimates on the high side), so that a budget too small to train is refused before the
+# larger batch is measured.
 def measure_step_costs(make_distiller: Callable[[DistillConfig], Any], config: DistillConfig, *, num_classes: int,
-                       batches: tuple[int, int] | None = None, steps: int = 2) -> StepCosts:
+                       batches: tuple[int, int] | None = None, steps: int = 2,
+                       after_small: Callable[[StepCosts], None] | None = None) -> StepCosts:
     """Time generator and KD steps on the real device with the real models: ``make_distiller(config)`` builds a
     :class:`~nayer_edge.distill.engine.Distiller` over copies of the run's models. Global random state, the student's
     weights and the teacher are left as they were. Takes a few seconds (each measurement is one untimed step,
@@ -404,6 +399,12 @@ def measure_step_costs(make_distiller: Callable[[DistillConfig], Any], config: D
                                _round_to_classes(max(64, 4 * num_classes), num_classes))
     points: dict[str, list[tuple[int, float]]] = {"generator_warmup": [], "generator": [], "kd": [], "forward": []}
     sample_bytes = 0
+
+    def fitted(warmup: str) -> StepCosts:
+        return StepCosts(LinearCost.fit(points[warmup]), LinearCost.fit(points["generator"]),
+                         LinearCost.fit(points["kd"]), LinearCost.fit(points["forward"]), sample_bytes,
+                         time.perf_counter() - started, points)
+
     with torch.random.fork_rng(devices=[]):
         for batch in (small, large):
             # A round of ``steps`` generator steps is timed as a whole (its per-round work is shared by its steps
@@ -412,9 +413,9 @@ def measure_step_costs(make_distiller: Callable[[DistillConfig], Any], config: D
             trial = replace(config, synthesis_batch=batch, kd_batch=batch, g_steps=steps, memory_capacity=8 * batch,
                             compile=False, holdout_fraction=0.0, time_budget=None, memory_backing="ram")
             sample_bytes = _time_one_batch(make_distiller(trial), batch, steps, batch == large, points)
-    return StepCosts(LinearCost.fit(points["generator_warmup"]), LinearCost.fit(points["generator"]),
-                     LinearCost.fit(points["kd"]), LinearCost.fit(points["forward"]), sample_bytes,
-                     time.perf_counter() - started, points)
+            if batch == small and after_small is not None:
+                after_small(fitted("generator"))
+    return fitted("generator_warmup")
 
 
 def _time_one_batch(distiller: Any, batch: int, steps: int, with_warmup: bool,

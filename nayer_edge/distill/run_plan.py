@@ -7,7 +7,7 @@ import copy
 import time
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, NoReturn
 
 import torch
 
@@ -30,7 +30,6 @@ from .planner import (
     plan_schedule,
     plan_table,
     planned_ngf,
-    ram_bytes,
     smallest_budget,
     user_set_keys,
 )
@@ -74,6 +73,16 @@ def plan(teacher: str | Path, *, config: DistillConfig | None = None, user_set: 
                       NormalizedModel(student, spec.mean, spec.std), SINGLE, eval_samples)
 
 
+def ram_bytes() -> int | None:
+    """The machine's memory in bytes (None where the system does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def final_reserve(config: DistillConfig, plan: Any) -> float:
     """Seconds a budgeted run keeps for its end: a fixed part, and writing the sample memories it will hold."""
     samples = plan.expected_samples if plan is not None else config.memory_capacity
@@ -94,7 +103,20 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
         return Distiller(teacher_module, copy.deepcopy(student_module), run.embeddings, trial, loaded.spec.input_shape,
                          loaded.num_classes, run.device)
 
-    costs = measure_step_costs(make, config, num_classes=loaded.num_classes)
+    def refuse(costs: Any, err: Any) -> NoReturn:
+        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
+        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
+        raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
+                        f"use at least --time-budget {least:g}") from None
+
+    def refuse_early(costs: Any) -> None:
+        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
+        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
+        if config.time_budget is not None and least > config.time_budget * 1.2:
+            refuse(costs, f"{time.perf_counter() - started:.0f} s are spent loading and measuring, and one synthesis "
+                          "round and one student step need more than the rest")
+
+    costs = measure_step_costs(make, config, num_classes=loaded.num_classes, after_small=refuse_early)
 
     def attempt(final_reserve: float) -> Any:
         loop_budget = None
@@ -109,10 +131,7 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
         first = attempt(FINAL_FIXED_SECONDS)
         return attempt(final_reserve(first.apply(config), first))
     except UserError as err:
-        outside = (time.perf_counter() - started) + run.reserve_after + FINAL_FIXED_SECONDS
-        least = smallest_budget(costs, config, num_classes=loaded.num_classes, outside_loop=outside)
-        raise UserError(f"--time-budget {config.time_budget:g} s is too small to train the student at all ({err}); "
-                        f"use at least --time-budget {least:g}") from None
+        refuse(costs, err)
 
 
 def show_plan(progress: Progress, plan: Any) -> None:

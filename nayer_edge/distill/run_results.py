@@ -36,7 +36,8 @@ def run_metrics(dist: Any, run: RunInputs, parts: RunParts, distiller: Any, stat
     rounds = ((distiller.memory.total_added + distiller.holdout.total_added)
               // max(1, config.synthesis_batch * kept_per_round(config.g_steps, config.batches_per_round)))
     untrained = untrained_reason(config, kd_steps=state.kd_step, rounds=rounds, distill_seconds=state.elapsed,
-                                 setup_seconds=time.perf_counter() - run.started - state.elapsed)
+                                 setup_seconds=time.perf_counter() - run.started - state.elapsed
+                                 + run.reserve_after)
     if untrained:
         notes.append(untrained)
     student_params = sum(p.numel() for p in parts.student.parameters())
@@ -113,14 +114,15 @@ def untrained_reason(config: DistillConfig, *, kd_steps: int, rounds: int, disti
                      setup_seconds: float) -> str | None:
     """One line saying that the student never took a KD step and about what budget would have let it, or None
     when it trained. The estimate counts the synthesis rounds the schedule runs before its first KD step at the
-    pace this run measured. A student stopped before it finished its first epoch of KD steps has not trained
+    pace this run measured, ``setup_seconds`` the command's time outside the loop (setup, and what a caller keeps
+    back after it: compress's deployment). A student stopped before it finished its first epoch of KD steps has not trained
     either: a few steps of a cosine schedule at its peak rate teach it nothing a release can rely on."""
     if kd_steps >= config.kd_steps:
         return None
     if kd_steps > 0:
         need = math.ceil(1.2 * (setup_seconds + distill_seconds * config.kd_steps / kd_steps) + 10)
         return (f"the student never finished its first epoch: {kd_steps} of its {config.kd_steps} KD steps in "
-                f"{distill_seconds:.0f} s of distillation; a --time-budget of at most about {need} s would let it, "
+                f"{distill_seconds:.0f} s of distillation; a --time-budget of about {need} s would let it, "
                 "or leave the schedule to the planner (--schedule auto, no fixed recipe)")
     warm = config.warmup_epochs > 0
     before_kd = (config.warmup_rounds if warm else config.rounds_per_epoch) if config.kd_during_warmup else \
