@@ -56,7 +56,7 @@ def main() -> None:
                     config["config"]["qat_fp32_anchor"] = anchor
                     (copy / "config.json").write_text(json.dumps(config))
                     started = time.perf_counter()
-                    result = quantize(copy, layout=layout, qat=True, eval_data=eval_data)
+                    result = quantize(copy, layout=layout, qat=True, eval_data=eval_data, trust_code=True)
                     seconds = time.perf_counter() - started
                 cands = result["candidates"]
                 row.update({"fp32": result["fp32_onnx_accuracy"], "ptq": result["ptq_int8_accuracy"],

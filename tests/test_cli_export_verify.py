@@ -107,15 +107,66 @@ def test_quantize_qat_without_a_recorded_teacher_is_clear(distilled, tmp_path):
     assert result.returncode == 2 and "--teacher" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_diverged_qat_leaves_the_ptq_model_deployed(distilled, digits_teacher, tmp_path):
-    """A learning rate of 1e9 blows the fine-tuned weights up (logits ~1e33): QAT fails its own export check,
-    and quantize deploys the PTQ model, saying why, instead of dying or shipping garbage."""
+def test_diverged_qat_keeps_its_start(distilled, digits_teacher, tmp_path):
+    """A learning rate of 1e9 blows the fine-tuned weights up: no step beats the calibrated start on the samples QAT
+    keeps out of training, so the start's weights are what it exports (the PTQ model's, BN folded)."""
     import shutil
 
     from nayer_edge.quantize.run import quantize
 
     run_dir = tmp_path / "run"
     shutil.copytree(distilled[0], run_dir)
+    result = quantize(run_dir, qat=True, qat_lr=1e9, eval_data=digits_teacher.eval_path)
+    training = result["candidates"]["qat"]["training"]
+    assert training["steps"] > 1 and training["kept_step"] == 0, training
+    assert training["validation_samples"] >= 50 and training["validation_kl_kept"] == training["validation_kl_start"]
+    assert abs(result["qat_int8_accuracy"] - result["ptq_int8_accuracy"]) <= 0.01, result
+    assert "Weights kept from step 0" in _report(result, run_dir)
+
+
+def _report(result: dict, run_dir) -> str:
+    from nayer_edge.deploy.report import _int8
+
+    metrics = {"int8_candidates": result["candidates"], "int8_method": result["method"],
+               "int8_selected_by": result["selected_by"], "qat_int8_accuracy": result.get("qat_int8_accuracy"),
+               "ptq_int8_accuracy": result.get("ptq_int8_accuracy")}
+    return "\n".join(_int8(metrics))
+
+
+def test_tiny_memory_skips_qat_saying_why(distilled, digits_teacher, tmp_path):
+    import shutil
+
+    from nayer_edge.distill import run_folder as rf
+    from nayer_edge.quantize.run import qat_skip_reason, quantize
+    from nayer_edge.synthesis.memory import SampleMemory
+
+    assert qat_skip_reason(499, 0.1) is not None and qat_skip_reason(500, 0.1) is None
+    assert qat_skip_reason(10, 0.0) is None  # validation off: the user chose to train on everything
+    run_dir = tmp_path / "run"
+    shutil.copytree(distilled[0], run_dir)
+    images, labels = rf.read_memory(run_dir, rf.MEMORY).all()
+    small = SampleMemory(120, tuple(images.shape[1:]))
+    small.add(images[:120], labels[:120])
+    small.save(run_dir / rf.MEMORY)
+    result = quantize(run_dir, qat=True, eval_data=digits_teacher.eval_path)
+    assert result["method"] == "ptq" and "QAT skipped (only 120 synthetic samples" in result["selected_by"]
+    assert "skipped" in result["candidates"]["qat"] and not (run_dir / "student.int8-qat.onnx").exists()
+    assert "| QAT | skipped: only 120 synthetic samples" in _report(result, run_dir)
+
+
+def test_diverged_qat_leaves_the_ptq_model_deployed(distilled, digits_teacher, tmp_path):
+    """Without samples held out (``qat_validation: 0``), a learning rate of 1e9 blows the fine-tuned weights up
+    (logits ~1e33): QAT fails its own export check, and quantize deploys the PTQ model, saying why, instead of
+    dying or shipping garbage."""
+    import shutil
+
+    from nayer_edge.quantize.run import quantize
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(distilled[0], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["config"]["qat_validation"] = 0.0
+    (run_dir / "config.json").write_text(json.dumps(config))
     result = quantize(run_dir, qat=True, qat_lr=1e9, eval_data=digits_teacher.eval_path)
     assert result["method"] == "ptq", result["selected_by"]
     assert "QAT failed" in result["selected_by"] and "failed" in result["candidates"]["qat"]

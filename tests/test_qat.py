@@ -197,3 +197,31 @@ def test_untraceable_student_is_a_clear_error():
         prepare_qat(Branchy(), "ort")
     with pytest.raises(UserError, match="layout"):
         prepare_qat(create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16), "tflite")
+
+
+def test_qat_keeps_the_weights_that_did_best_on_samples_it_did_not_train_on(tmp_path):
+    """With ``validation``, the step returned is the one whose fake-INT8 model was closest to the FP32 student on the
+    held-out share; a run that only gets worse (lr 1e4) returns its calibrated start, the BN-folded student."""
+    from conftest import train_and_save
+
+    from nayer_edge.demo.digits import load_digits_split
+
+    student = create_model("cnn_tiny", num_classes=10, in_channels=1, input_size=16)
+    train_and_save(student, (1, 16, 16), tmp_path, epochs=1)
+    student.eval()
+    images01 = load_digits_split()[0][:600]
+    normalised = (images01 - 0.5) / 0.5
+
+    ruined, report = finetune_qat(student, images01, None, mean=[0.5], std=[0.5], layout="ort", epochs=4, lr=1e4,
+                                  batch=64, temperature=4.0, validation=0.2)
+    assert report.validation_samples == 120 and report.steps == 30, report
+    assert report.kept_step == 0 and report.validation_kl_kept == report.validation_kl_start, report
+    with torch.no_grad():
+        assert torch.allclose(ruined(normalised), fold_batchnorm(student)(normalised), atol=1e-5)
+
+    tuned, report = finetune_qat(student, images01, None, mean=[0.5], std=[0.5], layout="ort", epochs=4, lr=0.01,
+                                 batch=64, temperature=4.0, validation=0.2)
+    assert report.kept_step > 0 and report.validation_kl_kept < report.validation_kl_start, report
+    with pytest.raises(UserError, match="validation"):
+        finetune_qat(student, images01, None, mean=[0.5], std=[0.5], layout="ort", epochs=1, lr=0.01, batch=64,
+                     temperature=4.0, validation=1.0)

@@ -78,6 +78,19 @@ def test_ort_fuses_into_integer_kernels(quantized):
     assert after.get("Conv", 0) == 0 and after.get("FusedConv", 0) == 0, after  # no float conv left
 
 
+def test_float_stem_leaves_only_the_first_convolution_in_float(quantized, tmp_path):
+    fp32, int8, x = quantized
+    calib = np.random.default_rng(0).random((128, *SHAPE), dtype=np.float32)
+    stem = quantize_static_ort(fp32, tmp_path / "stem.onnx", calib, batch=32, float_stem=True)
+    all_int8, float_stem = int8_node_summary(int8), int8_node_summary(stem)
+    float_convs = float_stem.get("Conv", 0) + float_stem.get("FusedConv", 0)
+    assert float_convs == 1 and float_stem.get("QLinearConv", 0) == all_int8["QLinearConv"] - 1, float_stem
+    graph = onnx.load(str(stem)).graph
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name for n in graph.node)
+    report = compare_logits(run_session(onnx_session(fp32), x, 64), run_session(onnx_session(stem), x, 64))
+    assert report.cosine_similarity >= 0.98 and report.top1_agreement >= 0.9, report
+
+
 def test_writes_only_the_output_file(quantized):
     _, int8, _ = quantized
     assert [p.name for p in int8.parent.iterdir()] == ["int8.onnx"]

@@ -58,8 +58,9 @@ def _int8(metrics: dict[str, Any]) -> list[str]:
                   "| agreement with teacher | cosine vs FP32 |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, cand in metrics["int8_candidates"].items():
-            if "failed" in cand:
-                lines.append(f"| {name.upper()} | failed: {cand['failed']} | | | | |")
+            if "failed" in cand or "skipped" in cand:
+                outcome = "failed" if "failed" in cand else "skipped"
+                lines.append(f"| {name.upper()} | {outcome}: {cand[outcome]} | | | | |")
                 continue
             real = metrics.get(f"{name}_int8_accuracy")
             parity = cand["parity_vs_fp32"]
@@ -74,6 +75,11 @@ def _int8(metrics: dict[str, Any]) -> list[str]:
                          f"{1 - training.get('fp32_anchor', 0):.0%} teacher) in {training['seconds']:.1f} s, BatchNorm folded, "
                          f"{training['quantizers']} activation quantizers; KD loss {training['initial_loss']:.4f} → "
                          f"{training['final_loss']:.4f}.")
+            if training.get("kept_step") is not None:
+                lines[-1] += (f" Weights kept from step {training['kept_step']} of {training['steps']}, chosen on "
+                              f"{training['validation_samples']} samples it did not train on (KL from FP32 "
+                              f"{training['validation_kl_start']:.2e} at the start, {training['validation_kl_kept']:.2e} "
+                              "kept).")
     return lines
 
 

@@ -76,6 +76,8 @@ class DistillConfig:
     qat_lr: float = 0.01
     qat_batch: int = 256
     qat_fp32_anchor: float = 1.0  # share of the QAT KD target from the FP32 student's logits (rest: teacher)
+    # share of the memory QAT keeps out of training to choose its weights (the fake-INT8 model closest to FP32)
+    qat_validation: float = 0.1
 
     time_budget: float | None = None  # seconds for the whole command (distill: loop, evaluation and artefacts)
     # auto: settings left unset are planned for the device, the models and the budget (nayer_edge.distill.planner);
@@ -138,6 +140,8 @@ class DistillConfig:
         if self.qat_epochs > MAX_QAT_EPOCHS:
             raise UserError(f"config: qat_epochs must be at most {MAX_QAT_EPOCHS} (passes over the synthetic samples; "
                             f"the default is 2), got {self.qat_epochs:g}")
+        if not 0.0 <= self.qat_validation < 0.5:
+            raise UserError(f"config: qat_validation must be within [0, 0.5), got {self.qat_validation}")
         if not 0.0 <= self.qat_fp32_anchor <= 1.0:
             raise UserError(f"config: qat_fp32_anchor must be within [0, 1], got {self.qat_fp32_anchor}")
         if not 0.05 <= self.synthesis_share <= 0.95:

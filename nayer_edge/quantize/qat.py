@@ -10,7 +10,7 @@ Steps (``finetune_qat``):
    statistics cannot drift during fine-tuning.
 2. Fake quantizers are inserted with torch.fx where the target's graph has Q/DQ:
    - ``ort`` (onnxruntime's QDQ U8S8): asymmetric uint8 on the *output* of every op, a Relu sharing the
-     quantizer of the conv before it (onnxruntime absorbs it), per-channel symmetric int8 weights;
+     quantizer of the conv before it (onnxruntime absorbs it), per-channel symmetric 7-bit weights ([-64, 64]);
    - ``tensorrt``: symmetric int8 (zero point 0, [-127, 127]) on the *inputs* of Conv/Linear and both
      inputs of residual Adds, per-channel narrow-range int8 weights (``qdq_tensorrt``'s layout).
 3. Activation ranges are calibrated on the samples the same way the ONNX quantizer will calibrate them
@@ -81,20 +81,26 @@ class ActivationQuantizer(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
 
 
-def _fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 in [-127, 127], scales from max |w| (what both quantizers use)."""
+# The largest weight level of each layout: onnxruntime's weights are 7-bit ([-64, 64], ``reduce_range``: see
+# ``quantize.ort``), TensorRT's narrow-range 8-bit ([-127, 127]).
+WEIGHT_QMAX: dict[str, int] = {"ort": 64, "tensorrt": 127}
+
+
+def _fake_quantize_weight(weight: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per-output-channel symmetric int8 in [-qmax, qmax], scales from max |w| (what both quantizers use)."""
     amax = weight.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
     zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, amax / 127.0, zero, 0, -127, 127)
+    return torch.fake_quantize_per_channel_affine(weight, amax / qmax, zero, 0, -qmax, qmax)
 
 
 class QuantConv2d(nn.Conv2d):
     """A Conv2d whose weight goes through fake int8 quantization while ``quantize`` is set."""
 
     quantize = False
+    weight_qmax = 127
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _fake_quantize_weight(self.weight) if self.quantize else self.weight
+        weight = _fake_quantize_weight(self.weight, self.weight_qmax) if self.quantize else self.weight
         return self._conv_forward(x, weight, self.bias)
 
 
@@ -102,9 +108,11 @@ class QuantLinear(nn.Linear):
     """A Linear whose weight goes through fake int8 quantization while ``quantize`` is set."""
 
     quantize = False
+    weight_qmax = 127
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, _fake_quantize_weight(self.weight) if self.quantize else self.weight, self.bias)
+        weight = _fake_quantize_weight(self.weight, self.weight_qmax) if self.quantize else self.weight
+        return F.linear(x, weight, self.bias)
 
 
 def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
@@ -123,7 +131,7 @@ def prepare_qat(model: nn.Module, layout: Layout) -> fx.GraphModule:
     if layout not in ("ort", "tensorrt"):
         raise UserError(f"QAT layout must be 'ort' or 'tensorrt', got {layout!r}")
     gm = fold_batchnorm(model)
-    _swap_weight_modules(gm)
+    _swap_weight_modules(gm, WEIGHT_QMAX[layout])
     if layout == "ort":
         _quantize_outputs(gm)
     else:
@@ -164,6 +172,12 @@ class QATReport:
     final_loss: float
     quantizers: int
     layout: str
+    # With a validation share: the step whose weights were kept (0: none beat the calibrated start) and the fake-INT8
+    # model's KL from the FP32 student on the validation samples, at the start and at the kept step.
+    kept_step: int | None = None
+    validation_samples: int = 0
+    validation_kl_start: float | None = None
+    validation_kl_kept: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,8 +188,8 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
                  mean: list[float],
                  std: list[float], layout: Layout, epochs: float, lr: float, batch: int, temperature: float,
                  fp32_anchor: float = 1.0, calibration: int = 512, seed: int = 0,
-                 on_step: Callable[[int, int], None] | None = None, max_seconds: float | None = None
-                 ) -> tuple[fx.GraphModule, QATReport]:
+                 on_step: Callable[[int, int], None] | None = None, max_seconds: float | None = None,
+                 validation: float = 0.0) -> tuple[fx.GraphModule, QATReport]:
     """Fine-tune ``student`` (takes normalised input) through fake INT8 quantization on ``images01``.
     Returns the BN-folded FP32 module (quantizers off; same input convention as ``student``) and a report.
     SGD with momentum, cosine learning rate from ``lr`` to 0.
@@ -186,35 +200,54 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     it gained on synthetic data, and lost to PTQ (BENCHMARKS.md §5).
 
     ``max_seconds``: the steps are cut, once the first few have been timed, to fit that time (the cosine then runs
-    over the steps that fit)."""
-    _check_settings(images01, teacher_logits, epochs, lr, batch, fp32_anchor)
+    over the steps that fit).
+
+    ``validation``: the share of ``images01`` kept out of training to choose the weights returned: the fake-INT8
+    model's KL from the FP32 student on them is measured at the start and about ten times during training, and the
+    weights of the lowest are kept (the start when no step beat it: then QAT returns the calibrated student, which
+    is what PTQ deploys). Fine-tuning on a few synthetic samples can move the student away from what it does on real
+    images while it fits them; samples it never trained on see that."""
+    _check_settings(images01, teacher_logits, epochs, lr, batch, fp32_anchor, validation)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     normalised = (images01.float() - mean_t) / std_t
     generator = torch.Generator().manual_seed(seed)
-    student_logits = _logits(student, normalised, batch) if fp32_anchor > 0 else None
+    student_logits = _logits(student, normalised, batch) if fp32_anchor > 0 or validation > 0 else None
     gm = prepare_qat(student, layout)
     order = torch.randperm(len(normalised), generator=generator)
     calibrate(gm, normalised[order[:calibration]])
+    held = int(len(normalised) * validation)
+    trained_on = order[:len(order) - held] if held else None
+    keeper = _BestWeights(gm, normalised[order[len(order) - held:]], student_logits[order[len(order) - held:]]) \
+        if held else None
 
-    targets = _Targets(student_logits, teacher_logits, fp32_anchor, temperature)
-    schedule = _Schedule(steps=max(1, math.ceil(epochs * len(normalised) / batch)), lr=lr, batch=batch,
+    targets = _Targets(student_logits if fp32_anchor > 0 else None, teacher_logits, fp32_anchor, temperature)
+    schedule = _Schedule(steps=max(1, math.ceil(epochs * (len(normalised) - held) / batch)), lr=lr, batch=batch,
                          max_seconds=max_seconds, on_step=on_step)
-    losses, started = _train(gm, normalised, targets, schedule, generator)
+    losses, started = _train(gm, normalised, targets, schedule, generator, trained_on, keeper)
     gm.eval()
+    if keeper is not None:
+        keeper.restore()
     set_quantization(gm, "off")
     steps = len(losses)
     window = max(1, min(10, steps // 5))
     report = QATReport(steps=steps, seconds=time.perf_counter() - started,
                        initial_loss=sum(losses[:window]) / window, final_loss=sum(losses[-window:]) / window,
                        quantizers=sum(isinstance(m, ActivationQuantizer) for m in gm.modules()), layout=layout)
+    if keeper is not None:
+        report.kept_step, report.validation_samples = keeper.step, held
+        report.validation_kl_start, report.validation_kl_kept = keeper.start, keeper.best
     return gm, report
 
 
 def _check_settings(images01: torch.Tensor, teacher_logits: torch.Tensor | None, epochs: float, lr: float,
-                    batch: int, fp32_anchor: float) -> None:
+                    batch: int, fp32_anchor: float, validation: float) -> None:
     if len(images01) == 0:
         raise UserError("no synthetic samples to fine-tune on")
+    if not 0.0 <= validation < 1.0:
+        raise UserError(f"QAT validation share must be within [0, 1), got {validation}")
+    if validation > 0 and len(images01) - int(len(images01) * validation) < 1:
+        raise UserError(f"QAT keeps {validation:g} of {len(images01)} samples for validation and none to train on")
     if epochs <= 0 or lr <= 0 or batch < 1:
         raise UserError("QAT epochs, learning rate and batch must be positive")
     if not 0.0 <= fp32_anchor <= 1.0:
@@ -254,10 +287,40 @@ class _Schedule:
     on_step: Callable[[int, int], None] | None
 
 
+class _BestWeights:
+    """Keeps the weights of ``gm`` at which its fake-INT8 logits on ``images`` are closest (KL) to ``reference``,
+    the FP32 student's logits on them."""
+
+    def __init__(self, gm: fx.GraphModule, images: torch.Tensor, reference: torch.Tensor):
+        self.gm, self.images, self.reference = gm, images, reference
+        self.start = self.best = self._kl()
+        self.step = 0
+        self.weights = copy.deepcopy(gm.state_dict())
+
+    @torch.no_grad()
+    def _kl(self) -> float:
+        was_training = self.gm.training
+        self.gm.eval()
+        out = torch.cat([self.gm(self.images[i:i + 256]) for i in range(0, len(self.images), 256)])
+        self.gm.train(was_training)
+        kl = float(kd_divergence(out, self.reference))
+        return kl if math.isfinite(kl) else math.inf
+
+    def offer(self, step: int) -> None:
+        kl = self._kl()
+        if kl < self.best:
+            self.best, self.step, self.weights = kl, step, copy.deepcopy(self.gm.state_dict())
+
+    def restore(self) -> None:
+        self.gm.load_state_dict(self.weights)
+
+
 def _train(gm: fx.GraphModule, normalised: torch.Tensor, targets: _Targets, schedule: _Schedule,
-           generator: torch.Generator) -> tuple[list[float], float]:
-    """Train ``gm`` (its quantizers calibrated) on ``normalised``; returns the loss of each step taken and the
-    ``perf_counter()`` at the first."""
+           generator: torch.Generator, trained_on: torch.Tensor | None = None, keeper: _BestWeights | None = None
+           ) -> tuple[list[float], float]:
+    """Train ``gm`` (its quantizers calibrated) on ``normalised`` (only the indices ``trained_on`` when given); returns
+    the loss of each step taken and the ``perf_counter()`` at the first. ``keeper`` is offered the weights about ten
+    times and after the last step."""
     steps = schedule.steps
     params = [p for p in gm.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=0.9)
@@ -273,7 +336,10 @@ def _train(gm: fx.GraphModule, normalised: torch.Tensor, targets: _Targets, sche
             if fits < steps:
                 steps = max(timed_steps + 1, fits)
                 cosine = _Cosine(optimizer, schedule.lr, steps, step)
-        idx = torch.randint(0, len(normalised), (min(schedule.batch, len(normalised)),), generator=generator)
+        pool = len(normalised) if trained_on is None else len(trained_on)
+        idx = torch.randint(0, pool, (min(schedule.batch, pool),), generator=generator)
+        if trained_on is not None:
+            idx = trained_on[idx]
         loss = targets.loss(gm(normalised[idx]), idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -283,6 +349,8 @@ def _train(gm: fx.GraphModule, normalised: torch.Tensor, targets: _Targets, sche
         if schedule.on_step is not None:
             schedule.on_step(step + 1, steps)
         step += 1
+        if keeper is not None and (step % max(1, steps // 10) == 0 or step == steps):
+            keeper.offer(step)
     return losses, started
 
 
@@ -310,7 +378,7 @@ def _logits(model: nn.Module, inputs: torch.Tensor, batch: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- graph surgery
 
 
-def _swap_weight_modules(gm: fx.GraphModule) -> None:
+def _swap_weight_modules(gm: fx.GraphModule, weight_qmax: int) -> None:
     for name, module in list(gm.named_modules()):
         if type(module) is nn.Conv2d:
             replacement: nn.Module = QuantConv2d(
@@ -321,6 +389,7 @@ def _swap_weight_modules(gm: fx.GraphModule) -> None:
         else:
             continue
         replacement.load_state_dict(module.state_dict())
+        replacement.weight_qmax = weight_qmax
         parent_name, _, child = name.rpartition(".")
         setattr(gm.get_submodule(parent_name) if parent_name else gm, child, replacement)
 

@@ -76,7 +76,7 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
     calibration_images = images[torch.randperm(len(images), generator=generator)[:calibration]]
     held_out = holdout is not None and len(holdout)
     check_images = holdout if held_out else calibration_images
-    candidates, qat_report, qat_failure = _int8_candidates(run, fp32_path, images, calibration_images, teacher_model)
+    candidates, qat_report, qat_outcome = _int8_candidates(run, fp32_path, images, calibration_images, teacher_model)
 
     # One session per model, reused for every check.
     logits = {name: _Runner(path) for name, path in {"fp32": fp32_path, **candidates}.items()}
@@ -87,8 +87,8 @@ def quantize(run_dir: str | Path, *, out: str | Path | None = None, layout: Layo
                               "candidates": _compare(candidates, logits, check_images, teacher_model)}
     if qat_report is not None:
         result["candidates"]["qat"]["training"] = qat_report
-    if qat_failure is not None:
-        result["candidates"]["qat"] = {"failed": qat_failure}
+    if qat_outcome is not None:
+        result["candidates"]["qat"] = qat_outcome
 
     chosen, reason = _choose(result["candidates"])
     deployed = Path(out) if out else run_dir / DEPLOYED
@@ -120,6 +120,11 @@ class QuantizeInputs:
     qat_seconds: float | None
     progress: Progress
     trust_code: bool
+
+
+# Held-out synthetic samples QAT needs to choose among its steps (qat.finetune_qat's ``validation``); a memory too
+# small for them (under 500 samples at the default share) is one a short run made: QAT is skipped and says so.
+QAT_MIN_VALIDATION = 50
 
 
 def _check_request(run: QuantizeInputs, out: str | Path | None) -> None:
@@ -168,21 +173,35 @@ def _fp32_onnx(run: QuantizeInputs) -> Path:
     return fp32_path
 
 
+def qat_skip_reason(samples: int, validation: float) -> str | None:
+    """Why QAT is not run on a memory of ``samples`` with the ``validation`` share held out to judge its steps
+    (None when it is run): too few held-out samples to tell a step that helps from one that hurts."""
+    held = int(samples * validation)
+    if validation <= 0 or held >= QAT_MIN_VALIDATION:
+        return None
+    return (f"only {samples} synthetic samples, {held} of them held out to judge its steps (it needs "
+            f"{QAT_MIN_VALIDATION}): fine-tuning on so few could not be checked; a longer distillation makes more")
+
+
 def _int8_candidates(run: QuantizeInputs, fp32_path: Path, images: torch.Tensor, calibration_images: torch.Tensor,
-                     teacher_model: Any) -> tuple[dict[str, Path], dict[str, Any] | None, str | None]:
-    """The INT8 models to choose from (PTQ, and with QAT the fine-tuned one), QAT's training report and why QAT
-    failed (None when it did not)."""
+                     teacher_model: Any) -> tuple[dict[str, Path], dict[str, Any] | None, dict[str, str] | None]:
+    """The INT8 models to choose from (PTQ, and with QAT the fine-tuned one), QAT's training report, and
+    ``{"failed": why}`` or ``{"skipped": why}`` when QAT made no model (None when it made one or was not asked)."""
     to_int8 = _int8_writer(run.layout, run.method, run.calibration)
     candidates = {"ptq": to_int8(fp32_path, run.run_dir / rf.STUDENT_INT8_PTQ_ONNX, calibration_images)}
-    qat_report, qat_failure = None, None
-    if run.qat:
-        try:
-            qat_fp32, qat_report = _qat_fp32_onnx(run, images, teacher_model)
-        except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
-            qat_failure = f"its FP32 export does not match the fine-tuned model: {first_line(err)}"
-        else:
-            candidates["qat"] = to_int8(qat_fp32, run.run_dir / rf.STUDENT_INT8_QAT_ONNX, calibration_images)
-    return candidates, qat_report, qat_failure
+    if not run.qat:
+        return candidates, None, None
+    skipped = qat_skip_reason(len(images), _run_config(run.run_dir).qat_validation)
+    if skipped is not None:
+        for stale in (rf.STUDENT_INT8_QAT_ONNX, rf.STUDENT_QAT_FP32_ONNX):  # an earlier quantize's, not this one's
+            (run.run_dir / stale).unlink(missing_ok=True)
+        return candidates, None, {"skipped": skipped}
+    try:
+        qat_fp32, qat_report = _qat_fp32_onnx(run, images, teacher_model)
+    except ParityError as err:  # e.g. fine-tuning diverged: PTQ is still a valid INT8 model
+        return candidates, None, {"failed": f"its FP32 export does not match the fine-tuned model: {first_line(err)}"}
+    candidates["qat"] = to_int8(qat_fp32, run.run_dir / rf.STUDENT_INT8_QAT_ONNX, calibration_images)
+    return candidates, qat_report, None
 
 
 def _compare(candidates: dict[str, Path], logits: dict[str, _Runner], check_images: torch.Tensor,
@@ -225,6 +244,8 @@ def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
         return "ptq", "post-training quantization only (QAT off)"
     if "failed" in candidates["qat"]:
         return "ptq", f"post-training quantization: QAT failed ({candidates['qat']['failed']})"
+    if "skipped" in candidates["qat"]:
+        return "ptq", f"post-training quantization: QAT skipped ({candidates['qat']['skipped']})"
     qat, ptq = candidates["qat"]["fp32_kl"], candidates["ptq"]["fp32_kl"]
     # A NaN/Inf KL (non-finite logits) loses to any finite one, and never wins by a comparison with NaN.
     if math.isfinite(qat) and (not math.isfinite(ptq) or qat < ptq):
@@ -320,6 +341,7 @@ def _qat_fp32_onnx(run: QuantizeInputs, images: torch.Tensor, teacher: Any) -> t
             student, images, teacher_logits, mean=spec["mean"], std=spec["std"], layout=run.layout, epochs=epochs,
             lr=lr, batch=config.qat_batch, temperature=config.temperature,
             fp32_anchor=config.qat_fp32_anchor, seed=config.seed, max_seconds=run.qat_seconds,
+            validation=config.qat_validation,
             on_step=lambda done, total: run.progress.steps("qat", done, total, logged=True))
     shape = tuple(spec["input_shape"])
     path = export_onnx(model, run.run_dir / rf.STUDENT_QAT_FP32_ONNX, input_shape=shape, mean=spec["mean"],
@@ -328,6 +350,7 @@ def _qat_fp32_onnx(run: QuantizeInputs, images: torch.Tensor, teacher: Any) -> t
     probe = torch.rand(run.batch or 64, *shape, generator=torch.Generator().manual_seed(0))
     check_parity(path, NormalizedModel(model, spec["mean"], spec["std"]).eval(), probe)
     return path, {**report.to_dict(), "epochs": epochs, "lr": lr, "fp32_anchor": config.qat_fp32_anchor,
+                  "validation": config.qat_validation,
                   "tool": QAT_TOOL_DECISION}
 
 
