@@ -18,11 +18,13 @@ from nayer_edge.core.errors import UserError
 from nayer_edge.distill.config import DistillConfig, load_config
 from nayer_edge.distill.planner import (
     FIRST_STEP_SHARE,
+    MIN_SAMPLES_PER_CLASS,
     SCHEDULE_KEYS,
     SYNTHESIS_SHARE,
     LinearCost,
     Plan,
     StepCosts,
+    narrower_ngf,
     needs_plan,
     plan_schedule,
     user_set_keys,
@@ -257,3 +259,18 @@ def test_resumed_planned_run_restores_its_plan(digits_teacher, tmp_path):
     metrics = json.loads(resumed.stdout)
     assert metrics["plan"] == first_plan
     assert math.isfinite(metrics["agreement"])
+
+
+def test_a_budgeted_plan_with_too_few_samples_tries_a_narrower_generator():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    config = DistillConfig(time_budget=150.0)
+    few, enough = SimpleNamespace(expected_samples=378), SimpleNamespace(expected_samples=MIN_SAMPLES_PER_CLASS * 10)
+    assert config.ngf == 64 and narrower_ngf(few, config, set(), 10) == 32
+    assert narrower_ngf(few, replace(config, ngf=32), set(), 10) == 16
+    assert narrower_ngf(few, replace(config, ngf=16), set(), 10) is None  # the narrowest
+    assert narrower_ngf(enough, config, set(), 10) is None
+    assert narrower_ngf(few, config, {"ngf"}, 10) is None  # the user's width is kept
+    assert narrower_ngf(few, replace(config, time_budget=None), set(), 10) is None
+    assert narrower_ngf(few, replace(config, schedule="fixed"), set(), 10) is None

@@ -44,6 +44,13 @@ SCHEDULE_KEYS = ("synthesis_batch", "g_steps", "rounds_per_epoch", "warmup_epoch
 # 3×32×32 ngf 64 ≈ 32 (0.936, 0.924; teacher 0.951). Largest image area (H·W) for each width:
 NGF_BY_AREA = ((32 * 32, 64), (48 * 48, 32))
 NARROWEST_NGF = 16
+# The same trade on a slower device or a shorter budget: when a budgeted plan makes fewer synthetic samples than
+# this per class, the generator is halved (down to NARROWEST_NGF) and measured again, and the narrower plan is kept
+# when it makes at least NARROWING_GAIN times the samples. Measured on an AVX2-only 2-core EPYC, photo32, 150 s
+# (BENCHMARKS.md §9): ngf 64 made 378 samples and reached 0.336/0.596/0.598 top-1 over seeds 0-2; ngf 32 made
+# 594-702 and reached 0.776/0.639. A 600 s run on the faster CPU of the ngf rule made 3 024 at ngf 64 (kept).
+MIN_SAMPLES_PER_CLASS = 150
+NARROWING_GAIN = 1.2
 # The default share of a normal epoch's time that goes to synthesis (config.synthesis_share; the rest: KD):
 # BENCHMARKS.md, the planner section.
 SYNTHESIS_SHARE = DistillConfig.synthesis_share
@@ -186,6 +193,16 @@ def _min_synthesis_batch(num_classes: int) -> int:
 def _pow2(value: float, low: int, high: int) -> int:
     """A power of two near ``value`` (up from 0.7 of the way between two: 90 → 128, 80 → 64)."""
     return int(min(high, max(low, 2 ** math.ceil(math.log2(max(1.0, value)) - 0.3))))
+
+
+def narrower_ngf(plan: Any, config: DistillConfig, user_set: Collection[str], num_classes: int) -> int | None:
+    """The narrower generator width to try for a budgeted ``plan`` made at ``config.ngf`` that makes too few samples
+    (MIN_SAMPLES_PER_CLASS), or None: enough samples, the narrowest width, a width the user set, or no budget."""
+    if "ngf" in user_set or config.time_budget is None or config.schedule == "fixed":
+        return None
+    if config.ngf // 2 < NARROWEST_NGF or plan.expected_samples >= MIN_SAMPLES_PER_CLASS * num_classes:
+        return None
+    return config.ngf // 2
 
 
 def planned_ngf(config: DistillConfig, user_set: Collection[str], input_shape: tuple[int, int, int]) -> int:

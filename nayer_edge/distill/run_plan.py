@@ -22,10 +22,12 @@ from .engine import Distiller
 from .guarded_teacher import GuardedTeacher
 from .performance import resolve_device
 from .planner import (
+    NARROWING_GAIN,
     SCHEDULE_KEYS,
     WRITE_BYTES_PER_SECOND,
     Plan,
     measure_step_costs,
+    narrower_ngf,
     needs_plan,
     plan_schedule,
     plan_table,
@@ -116,22 +118,34 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
             refuse(costs, f"{time.perf_counter() - started:.0f} s are spent loading and measuring, and one synthesis "
                           "round and one student step need more than the rest")
 
-    costs = measure_step_costs(make, config, num_classes=loaded.num_classes, after_small=refuse_early)
+    def plan_at(config: DistillConfig) -> Any:
+        costs = measure_step_costs(make, config, num_classes=loaded.num_classes, after_small=refuse_early)
 
-    def attempt(final_reserve: float) -> Any:
-        loop_budget = None
-        if config.time_budget is not None:
-            outside = ((time.perf_counter() - started) + run.reserve_after + final_reserve
-                       + costs.forward(eval_samples) * 0.5)
-            loop_budget = config.time_budget - outside
-        return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes, loop_budget=loop_budget,
-                             eval_samples=eval_samples, world_size=dist.world_size, ram_bytes=ram_bytes())
+        def attempt(final_reserve: float) -> Any:
+            loop_budget = None
+            if config.time_budget is not None:
+                outside = ((time.perf_counter() - started) + run.reserve_after + final_reserve
+                           + costs.forward(eval_samples) * 0.5)
+                loop_budget = config.time_budget - outside
+            return plan_schedule(costs, config, user_set=user_set, num_classes=loaded.num_classes,
+                                 loop_budget=loop_budget, eval_samples=eval_samples, world_size=dist.world_size,
+                                 ram_bytes=ram_bytes())
 
-    try:
-        first = attempt(FINAL_FIXED_SECONDS)
-        return attempt(final_reserve(first.apply(config), first))
-    except UserError as err:
-        refuse(costs, err)
+        try:
+            first = attempt(FINAL_FIXED_SECONDS)
+            return attempt(final_reserve(first.apply(config), first))
+        except UserError as err:
+            refuse(costs, err)
+
+    plan = plan_at(config)
+    # Too few samples for the budget at this width: a narrower generator, measured again (charged to the budget like
+    # the first measurement), is kept when it makes clearly more.
+    while (narrower := narrower_ngf(plan, config, user_set, loaded.num_classes)) is not None:
+        narrow_plan = plan_at(dc_replace(config, ngf=narrower))
+        if narrow_plan.expected_samples < NARROWING_GAIN * plan.expected_samples:
+            break
+        config, plan = dc_replace(config, ngf=narrower), narrow_plan
+    return plan
 
 
 def show_plan(progress: Progress, plan: Any) -> None:
