@@ -47,8 +47,9 @@ NARROWEST_NGF = 16
 # The same trade on a slower device or a shorter budget: when a budgeted plan makes fewer synthetic samples than
 # this per class, the generator is halved (down to NARROWEST_NGF) and measured again, and the narrower plan is kept
 # when it makes at least NARROWING_GAIN times the samples. Measured on an AVX2-only 2-core EPYC, photo32, 150 s
-# (BENCHMARKS.md §9): ngf 64 made 378 samples and reached 0.336/0.596/0.598 top-1 over seeds 0-2; ngf 32 made
-# 594-702 and reached 0.776/0.639. A 600 s run on the faster CPU of the ngf rule made 3 024 at ngf 64 (kept).
+# (BENCHMARKS.md §9): ngf 64 made 378 samples and reached 0.336/0.596/0.598 top-1 over seeds 0-2 (mean 0.510);
+# ngf 32 made 486-702 and reached 0.776/0.639/0.498 (mean 0.638): better on average, inside the seeds' spread.
+# A 600 s run on the faster CPU of the ngf rule made 3 024 at ngf 64 (kept).
 MIN_SAMPLES_PER_CLASS = 150
 NARROWING_GAIN = 1.2
 # The default share of a normal epoch's time that goes to synthesis (config.synthesis_share; the rest: KD):
