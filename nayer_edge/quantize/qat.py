@@ -15,7 +15,8 @@ Steps (``finetune_qat``):
      inputs of residual Adds, per-channel narrow-range int8 weights (``qdq_tensorrt``'s layout).
 3. Activation ranges are calibrated on the samples the same way the ONNX quantizer will calibrate them
    (min/max for ``ort``, max-abs for ``tensorrt``), then frozen; weights train through a straight-through
-   estimator (``torch.fake_quantize_per_*_affine``).
+   estimator (``torch.fake_quantize_per_*_affine``). With a ``validation`` share, the samples it holds out choose
+   the step whose weights are kept (the calibrated start when no step beats it).
 4. The result is a plain FP32 module (fake quantizers switched off, BN folded) that the ONNX quantizer
    then calibrates on the same samples, so the deployed INT8 graph is what QAT trained for.
 
