@@ -141,7 +141,10 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
     # Too few samples for the budget at this width: a narrower generator, measured again (charged to the budget like
     # the first measurement), is kept when it makes clearly more.
     while (narrower := narrower_ngf(plan, config, user_set, loaded.num_classes)) is not None:
-        narrow_plan = plan_at(dc_replace(config, ngf=narrower))
+        try:
+            narrow_plan = plan_at(dc_replace(config, ngf=narrower))
+        except UserError:  # the second measurement took what the budget had left: the wider plan stands
+            break
         if narrow_plan.expected_samples < NARROWING_GAIN * plan.expected_samples:
             break
         config, plan = dc_replace(config, ngf=narrower), narrow_plan
