@@ -16,15 +16,14 @@ import pytest
 
 from nayer_edge.core.errors import UserError
 from nayer_edge.distill.config import DistillConfig, load_config
+from nayer_edge.distill.generator_width import MIN_SAMPLES_PER_CLASS, narrower_ngf
 from nayer_edge.distill.planner import (
     FIRST_STEP_SHARE,
-    MIN_SAMPLES_PER_CLASS,
     SCHEDULE_KEYS,
     SYNTHESIS_SHARE,
     LinearCost,
     Plan,
     StepCosts,
-    narrower_ngf,
     needs_plan,
     plan_schedule,
     user_set_keys,
@@ -104,7 +103,7 @@ def test_user_set_values_survive(chosen):
 
 
 def test_the_generator_is_narrowed_for_larger_images_only_with_a_budget():
-    from nayer_edge.distill.planner import planned_ngf
+    from nayer_edge.distill.generator_width import planned_ngf
 
     budgeted = DistillConfig(time_budget=600)
     assert [planned_ngf(budgeted, set(), (3, s, s)) for s in (16, 28, 32, 48, 64, 224)] == [64, 64, 64, 32, 16, 16]

@@ -19,19 +19,17 @@ from ..zoo import build_student
 from .config import DistillConfig
 from .distributed import SINGLE
 from .engine import Distiller
+from .generator_width import NARROWING_GAIN, narrower_ngf, planned_ngf
 from .guarded_teacher import GuardedTeacher
 from .performance import resolve_device
 from .planner import (
-    NARROWING_GAIN,
     SCHEDULE_KEYS,
     WRITE_BYTES_PER_SECOND,
     Plan,
     measure_step_costs,
-    narrower_ngf,
     needs_plan,
     plan_schedule,
     plan_table,
-    planned_ngf,
     smallest_budget,
     user_set_keys,
 )
