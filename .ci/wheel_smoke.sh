@@ -4,14 +4,15 @@
 # checkout, and from a folder with no checkout runs --version, targets, recipes, writes the demo teacher and
 # compresses it for cpu-x86 and for jetson (a deploy bundle; the TensorRT check itself runs on the device).
 # About 3 minutes on 2 cores of an Intel CPU with AMX (170 s measured at a 60 s budget, pip's cache warm); the budget
-# is 150 s because an AVX2-only 2-core EPYC, 2.5x slower, refused 60 s ("use at least --time-budget 89"), so about
+# is the demo's own 170 s because an AVX2-only 2-core EPYC, 2.5x slower, refused 60 s ("use at least --time-budget 89")
+# and `make demo` at 170 s passed there (100.2 % of the teacher), so about
 # 7 minutes. PY picks the Python of the new venv (default
 # python3). Where torch==2.13.0 would resolve to a CUDA build, point pip at the CPU wheels first
 # (PIP_EXTRA_INDEX_URL, see the README's install section).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PY:-python3}"
-BUDGET="${SMOKE_TIME_BUDGET:-150}"
+BUDGET="${SMOKE_TIME_BUDGET:-170}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 unset PYTHONPATH  # nothing of the checkout may be importable
