@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +87,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     shape = (3, 32, 32)
-    work = args.out.parent
-    work.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="nayer-int8-students-"))  # the ONNX files; removed at the end
     calibration = np.random.default_rng(0).random((256, *shape), dtype=np.float32)
     paths: dict[tuple[str, str], Path] = {}
     params: dict[str, int] = {}
@@ -128,6 +130,7 @@ def main() -> None:
     result = {"onnxruntime": onnxruntime.__version__, "threads": args.threads, "cpu": cpu_name(),
               "rounds": args.rounds, "rows": rows, "timings": timings, "node_summary": summaries}
     atomic_write_text(args.out, json.dumps(result, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\nwrote {args.out}")
 
 
