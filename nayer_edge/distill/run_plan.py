@@ -19,7 +19,7 @@ from ..zoo import build_student
 from .config import DistillConfig
 from .distributed import SINGLE
 from .engine import Distiller
-from .generator_width import NARROWING_GAIN, narrower_ngf, planned_ngf
+from .generator_width import NARROWING_GAIN, NARROWING_MEASURE_SHARE, narrower_ngf, planned_ngf
 from .guarded_teacher import GuardedTeacher
 from .performance import resolve_device
 from .planner import (
@@ -116,8 +116,8 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
             refuse(costs, f"{time.perf_counter() - started:.0f} s are spent loading and measuring, and one synthesis "
                           "round and one student step need more than the rest")
 
-    def plan_at(config: DistillConfig) -> Any:
-        costs = measure_step_costs(make, config, num_classes=loaded.num_classes, after_small=refuse_early)
+    def plan_at(config: DistillConfig, costs: Any = None) -> Any:
+        costs = costs or measure_step_costs(make, config, num_classes=loaded.num_classes, after_small=refuse_early)
 
         def attempt(final_reserve: float) -> Any:
             loop_budget = None
@@ -137,14 +137,19 @@ def make_plan(run: RunInputs, teacher_module: Any, student_module: Any, dist: An
 
     plan = plan_at(config)
     # Too few samples for the budget at this width: a narrower generator, measured again (charged to the budget like
-    # the first measurement), is kept when it makes clearly more.
-    while (narrower := narrower_ngf(plan, config, user_set, loaded.num_classes)) is not None:
+    # the first measurement, so only where that is a small share of it), is kept when it makes clearly more; else
+    # the wider plan is made again for the time now left (its costs are known).
+    while (narrower := narrower_ngf(plan, config, user_set, loaded.num_classes)) is not None and \
+            plan.costs.measured_seconds < NARROWING_MEASURE_SHARE * config.time_budget:
         try:
             narrow_plan = plan_at(dc_replace(config, ngf=narrower))
-        except UserError:  # the second measurement took what the budget had left: the wider plan stands
-            break
-        if narrow_plan.expected_samples < NARROWING_GAIN * plan.expected_samples:
-            break
+        except UserError:  # the second measurement took what the budget had left
+            narrow_plan = None
+        if narrow_plan is None or narrow_plan.expected_samples < NARROWING_GAIN * plan.expected_samples:
+            try:
+                return plan_at(config, plan.costs)
+            except UserError:
+                return plan  # the engine fits its epochs to the clock as it goes
         config, plan = dc_replace(config, ngf=narrower), narrow_plan
     return plan
 
