@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.optional import require
+from ..quantize import QAT_NO_MODEL
 from .gates import PROXY_NOTE, failure_lines
 from .verify import Gate
 
@@ -58,8 +59,8 @@ def _int8(metrics: dict[str, Any]) -> list[str]:
                   "| agreement with teacher | cosine vs FP32 |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, cand in metrics["int8_candidates"].items():
-            if "failed" in cand or "skipped" in cand:
-                outcome = "failed" if "failed" in cand else "skipped"
+            outcome = next((key for key in QAT_NO_MODEL if key in cand), None)
+            if outcome is not None:
                 lines.append(f"| {name.upper()} | {outcome}: {cand[outcome]} | | | | |")
                 continue
             real = metrics.get(f"{name}_int8_accuracy")

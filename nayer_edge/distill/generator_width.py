@@ -26,12 +26,17 @@ NARROWING_GAIN = 1.2
 # for 8.3 s, and a second measurement left its run one epoch and 10 KD steps (a chance-level student).
 NARROWING_MEASURE_SHARE = 0.1
 
+
+def _planned(config: DistillConfig, user_set: Collection[str]) -> bool:
+    """Whether the planner chooses the width: a budgeted, planned run whose user did not set ``ngf``."""
+    return "ngf" not in user_set and config.time_budget is not None and config.schedule != "fixed"
+
+
 def narrower_ngf(plan: Any, config: DistillConfig, user_set: Collection[str], num_classes: int) -> int | None:
     """The narrower generator width to try for a budgeted ``plan`` made at ``config.ngf`` that makes too few samples
     (MIN_SAMPLES_PER_CLASS), or None: enough samples, the narrowest width, a width the user set, or no budget."""
-    if "ngf" in user_set or config.time_budget is None or config.schedule == "fixed":
-        return None
-    if config.ngf // 2 < NARROWEST_NGF or plan.expected_samples >= MIN_SAMPLES_PER_CLASS * num_classes:
+    if not _planned(config, user_set) or config.ngf // 2 < NARROWEST_NGF or \
+            plan.expected_samples >= MIN_SAMPLES_PER_CLASS * num_classes:
         return None
     return config.ngf // 2
 
@@ -39,7 +44,7 @@ def narrower_ngf(plan: Any, config: DistillConfig, user_set: Collection[str], nu
 def planned_ngf(config: DistillConfig, user_set: Collection[str], input_shape: tuple[int, int, int]) -> int:
     """The generator width a budgeted run uses: the user's, else NGF_BY_AREA's for the image (never wider than the
     configured one). Without a budget: the configured one."""
-    if "ngf" in user_set or config.time_budget is None or config.schedule == "fixed":
+    if not _planned(config, user_set):
         return config.ngf
     _, height, width = input_shape
     width_for_area = next((n for area, n in NGF_BY_AREA if height * width <= area), NARROWEST_NGF)

@@ -225,7 +225,8 @@ def plan_schedule(costs: StepCosts, config: DistillConfig, *, user_set: Collecti
     """Choose every schedule setting not in ``user_set`` so that the schedule fits ``loop_budget`` seconds (the
     time budget less what the run spends outside the loop; ``None``: no budget). Raises :class:`UserError` when
     the budget is too small for one synthesis round and one KD step. ``config.ngf`` is the generator width the
-    costs were measured with (:func:`~nayer_edge.distill.generator_width.planned_ngf`); with a budget it is recorded among the planned values."""
+    costs were measured with (:mod:`~nayer_edge.distill.generator_width`); with a budget it is recorded among the
+    planned values."""
     choices = _Choices(config, user_set)
     step = _ProcessCosts(costs, 1.0 / max(1, world_size), config.adv_weight > 0)
     if loop_budget is None:

@@ -218,14 +218,13 @@ def finetune_qat(student: nn.Module, images01: torch.Tensor, teacher_logits: tor
     order = torch.randperm(len(normalised), generator=generator)
     calibrate(gm, normalised[order[:calibration]])
     held = int(len(normalised) * validation)
-    trained_on = order[:len(order) - held] if held else None
-    keeper = _BestWeights(gm, normalised[order[len(order) - held:]], student_logits[order[len(order) - held:]]) \
-        if held else None
+    trained_on, judged_on = order[:len(order) - held], order[len(order) - held:]
+    keeper = _BestWeights(gm, normalised[judged_on], student_logits[judged_on]) if held else None
 
     targets = _Targets(student_logits if fp32_anchor > 0 else None, teacher_logits, fp32_anchor, temperature)
     schedule = _Schedule(steps=max(1, math.ceil(epochs * (len(normalised) - held) / batch)), lr=lr, batch=batch,
                          max_seconds=max_seconds, on_step=on_step)
-    losses, started = _train(gm, normalised, targets, schedule, generator, trained_on, keeper)
+    losses, started = _train(gm, normalised, targets, schedule, generator, trained_on if held else None, keeper)
     gm.eval()
     if keeper is not None:
         keeper.restore()

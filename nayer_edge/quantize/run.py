@@ -31,6 +31,7 @@ from ..inputs.evaldata import load_eval_data
 from ..inputs.teacher import LoadedTeacher, load_teacher
 from ..onnx_model.exporter import ParityError, check_parity, compare_logits, export_onnx, onnx_session, run_session
 from ..onnx_model.student import check_onnx_fits, export, load_student
+from . import QAT_NO_MODEL
 from .ort import quantize_static_ort
 from .qat import QAT_TOOL_DECISION, finetune_qat
 from .qdq_tensorrt import quantize_tensorrt
@@ -242,10 +243,9 @@ def _choose(candidates: dict[str, dict[str, Any]]) -> tuple[str, str]:
     """
     if "qat" not in candidates:
         return "ptq", "post-training quantization only (QAT off)"
-    if "failed" in candidates["qat"]:
-        return "ptq", f"post-training quantization: QAT failed ({candidates['qat']['failed']})"
-    if "skipped" in candidates["qat"]:
-        return "ptq", f"post-training quantization: QAT skipped ({candidates['qat']['skipped']})"
+    for outcome in QAT_NO_MODEL:
+        if outcome in candidates["qat"]:
+            return "ptq", f"post-training quantization: QAT {outcome} ({candidates['qat'][outcome]})"
     qat, ptq = candidates["qat"]["fp32_kl"], candidates["ptq"]["fp32_kl"]
     # A NaN/Inf KL (non-finite logits) loses to any finite one, and never wins by a comparison with NaN.
     if math.isfinite(qat) and (not math.isfinite(ptq) or qat < ptq):
